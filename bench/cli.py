@@ -1,0 +1,52 @@
+"""The ``bench`` command line. Sub-commands load lazily, so ``bench --help`` imports no torch.
+
+Every sub-command lives in its own module under :mod:`bench.commands`; user errors
+(:class:`bench.errors.UserError`) become one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from bench.errors import UserError
+
+COMMANDS = {
+    "run": ("bench.commands.run:run", "Run methods on a dataset into a run directory (resumable, sharded)."),
+    "report": ("bench.commands.report:report", "Comparison table, plots and protocol summary of runs."),
+    "eval": ("bench.commands.eval:eval_cmd", "Corpus-level metrics (FID_1/10/12, KID, 3D) of a run."),
+    "ls": ("bench.commands.ls:ls", "List registered methods, datasets and metrics."),
+    "sample": ("bench.commands.sample:sample", "Sample meshes from the generator (.obj + texture + views)."),
+    "data": ("bench.commands.data:data", "Dataset utilities (bench data check)."),
+    "profile": ("bench.commands.profile:profile", "Per-stage timing of one method iteration."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, _, attr = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="meshbench")
+def main():
+    """meshbench: evaluate single-view 3D reconstruction (MeshInversion, CMR-TTO, UMR-TTO)."""

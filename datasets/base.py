@@ -1,0 +1,95 @@
+"""The `Sample` every dataset yields and the `Dataset` interface the runner consumes.
+
+Camera convention everywhere (CMR / MeshInversion ``sfm_pose``): a 7-vector
+``[s, tx, ty, qw, qx, qy, qz]`` mapping an object point X to normalised crop coordinates
+(x right, y down, both in [-1, 1]) as ``s * R(q) X [:2] + (tx, ty)``; q is NOT renormalised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class Sample:
+    """One test instance.
+
+    Attributes:
+        id: stable instance id used for records and file names, e.g. ``"00012"`` (filesystem safe).
+        index: 0-based position in the dataset (shard = index % num_shards).
+        image: (3,H,W) float32 RGB in [0,1], the square crop (white padding outside the photo).
+        mask: (H,W) float32 {0,1} foreground mask the method fits and IoU is measured against.
+        mask_source: ``"gt"`` | ``"predicted"`` (PointRend) | ``"render"`` (synthetic).
+        camera: (7,) float32 initial camera ``[s, tx, ty, qw, qx, qy, qz]``.
+        camera_source: ``"sfm"`` | ``"cmr-pred"`` | ``"gt"`` | ``"gt+noise"``.
+        class_id: 0-based class index (CUB: 0..199).
+        keypoints: optional (K,3) float32 normalised keypoints ``(x, y, visible)``.
+        gt: optional ground truth (synthetic data): ``latent`` (64,), ``camera`` (7,),
+            ``vertices`` (V,3), ``faces`` (F,3), ``texture`` (3,R,R) in [-1,1], ``mesh_map`` (3,32,32).
+        meta: free-form JSON-serialisable information (image path, bbox, ...).
+    """
+
+    id: str
+    index: int
+    image: torch.Tensor
+    mask: torch.Tensor
+    mask_source: str
+    camera: torch.Tensor
+    camera_source: str
+    class_id: int
+    keypoints: torch.Tensor | None = None
+    gt: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FailedSample:
+    """Placeholder for an instance whose loading failed; the runner records it as failed."""
+
+    id: str
+    index: int
+    error: str
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Base class of datasets: lazy, index-addressable, one `Sample` per item.
+
+    Subclasses set ``name`` and ``Config`` (a dataclass whose fields are the dataset options), build
+    their index cheaply in ``__init__`` (raise :class:`bench.errors.UserError` when the data root is
+    unusable) and load one instance in ``load(i)`` (raise any exception for a per-instance failure).
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+
+    def __init__(self, config):
+        self.config = config
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def instance_id(self, i: int) -> str:
+        """File-name-safe id of instance ``i`` (default: zero-padded index)."""
+        return f"{i:05d}"
+
+    def load(self, i: int) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> Sample | FailedSample:
+        try:
+            return self.load(i)
+        except Exception as exc:  # noqa: BLE001 - a failing instance is data, not a crash
+            return FailedSample(id=self.instance_id(i), index=i, error=f"{type(exc).__name__}: {exc}")
+
+    def describe(self) -> dict[str, Any]:
+        """Protocol fields for the run manifest (split, mask source, camera source, image size...)."""
+        from dataclasses import asdict, is_dataclass
+
+        return {"dataset": self.name, **(asdict(self.config) if is_dataclass(self.config) else {})}
+
+
+def collate_samples(batch):
+    """DataLoader collate function: keep samples as a list (methods batch them themselves)."""
+    return list(batch)

@@ -1,0 +1,1 @@
+"""Reconstruction methods behind the common :class:`bench.methods.base.Method` interface."""

@@ -1,0 +1,22 @@
+"""Shared pytest fixtures: the golden-fixture folder and small factories."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixtures_path() -> Path:
+    """Folder of the official-code golden data: $MESHBENCH_FIXTURES, default <repo>/../shared/fixtures."""
+    return Path(os.environ.get("MESHBENCH_FIXTURES", REPO.parent / "shared" / "fixtures")).resolve()
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    path = fixtures_path()
+    if not path.is_dir():
+        pytest.fail(f"fixture folder {path} not found; set MESHBENCH_FIXTURES to the shared/fixtures folder")
+    return path
