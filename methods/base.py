@@ -105,9 +105,40 @@ class Method:
         """
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
-        """Manifest entry: config, weight files and their sha256, labels (e.g. ``"untrained"``)."""
-        from dataclasses import asdict, is_dataclass
+    def weight_files(self) -> dict[str, str]:
+        """Config fields naming weight files (``*checkpoint*``, ``*_weights``) that are set to a path."""
+        from dataclasses import fields, is_dataclass
 
-        return {"method": self.name, "config": asdict(self.config) if is_dataclass(self.config) else {},
-                "weights": {}, "labels": []}
+        if not is_dataclass(self.config):
+            return {}
+        out = {}
+        for f in fields(self.config):
+            value = getattr(self.config, f.name)
+            if ("checkpoint" in f.name or f.name.endswith("_weights")) and isinstance(value, str) \
+                    and value not in ("", "demo", "random"):
+                out[f.name] = value
+        return out
+
+    def labels(self) -> list[str]:
+        """Labels shown next to this method's numbers (e.g. ``"untrained"``); subclasses extend."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry (works before `setup`): config, weight files with sha256, labels.
+
+        Raises `bench.errors.UserError` when a configured weight file does not exist.
+        """
+        from pathlib import Path
+
+        from bench.config import config_to_dict
+        from bench.errors import UserError
+        from bench.manifest import sha256_file
+
+        weights = {}
+        for key, path in self.weight_files().items():
+            if not Path(path).is_file():
+                raise UserError(f"{self.name}.{key}: file {path} not found; pass an existing file "
+                                f"(--set {self.name}.{key}=PATH)")
+            weights[key] = {"path": str(Path(path).resolve()), "sha256": sha256_file(str(Path(path).resolve()))}
+        return {"method": self.name, "class": f"{type(self).__module__}:{type(self).__qualname__}",
+                "config": config_to_dict(self.config), "weights": weights, "labels": self.labels()}

@@ -1,0 +1,45 @@
+"""``bench data``: dataset utilities. ``bench data check`` lists what a data root holds.
+
+Imports no torch at ``--help`` time: the dataset modules load inside the command.
+"""
+from __future__ import annotations
+
+import click
+
+from bench.errors import UserError
+
+
+@click.group()
+def data():
+    """Dataset utilities (check a CUB / PASCAL3D+ data root)."""
+
+
+@data.command("check")
+@click.option("--dataset", "dataset_name", required=True, type=click.Choice(["cub", "p3d"]),
+              help="Dataset layout to check.")
+@click.option("--data-root", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="cub: the official datasets/cub folder (or its parent); "
+                   "p3d: the folder holding PASCAL3D+_release1.1/, data/, sfm/.")
+@click.option("--split", default=None,
+              help="Split to check (default: the dataset's default, cub=test, p3d=val).")
+def check(dataset_name: str, data_root: str, split: str | None):
+    """Print every expected file/folder as ok / MISSING / optional, and the instance count.
+
+    Exit status: 0 when everything the default configuration needs is there, 1 when something
+    required is missing, 2 when DATA_ROOT does not exist or holds none of the layout.
+    """
+    import os
+
+    from bench.datasets.cmr_mat import check_layout
+
+    if not os.path.isdir(data_root):
+        raise UserError(f"data root {data_root} does not exist or is not a folder")
+    rows, count = check_layout(dataset_name, data_root, split)
+    for row in rows:
+        status = "ok" if row.present else ("MISSING" if row.required else "absent (optional)")
+        click.echo(f"{status:<18} {row.path}  {row.detail}")
+    missing = [r for r in rows if r.required and not r.present]
+    click.echo(f"instances: {count if count is not None else 'unknown (index files missing or unreadable)'}")
+    if missing:
+        click.echo(f"{len(missing)} required entr{'y' if len(missing) == 1 else 'ies'} missing", err=True)
+        raise SystemExit(1)

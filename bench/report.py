@@ -1,0 +1,227 @@
+"""Comparison tables and plots from run directories (data first: CSV/JSON; pretty second).
+
+One row per (run, method): n, failed, IoU mean/median, latency mean/p95, optimisation time, every
+other per-instance metric found in the records (mean), and the corpus-level metrics ``bench eval``
+wrote (FID, KID, 3D). Under the table: the protocol each run was made under, so numbers made under
+different protocols are never compared without seeing it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from bench.store import RunDir
+
+LATENCY_KEY = "total"
+OPT_KEY = "optimize"
+
+
+def instance_frame(runs: list[RunDir]):
+    """One row per (run, method, instance) with status, metrics and timings (pandas DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        for rec in run.iter_records():
+            row = {"run": run.root.name, "method": rec["method"], "instance": rec["instance"], "index": rec["index"],
+                   "status": rec["status"], "error": rec.get("error"), "batch_size": rec.get("batch_size"),
+                   "labels": ",".join(rec.get("labels", []))}
+            row.update({f"metric.{k}": v for k, v in (rec.get("metrics") or {}).items() if _is_number(v)})
+            row.update({f"time.{k}": v for k, v in (rec.get("timings") or {}).items() if _is_number(v)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _flatten(prefix: str, obj, out: dict) -> None:
+    if _is_number(obj):
+        out[prefix] = float(obj)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+
+
+def corpus_metrics(run: RunDir) -> dict[str, dict[str, float]]:
+    """``{method: {column: value}}`` from RUN/metrics/*.json.
+
+    Each file is ``{"methods": {method: {key: number | {...}}}, ...protocol fields}``; nested numbers
+    are flattened to ``name.key.sub`` columns (the file name prefixes the column unless it equals the key).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, data in run.read_metrics().items():
+        per_method = data.get("methods", {}) if isinstance(data, dict) else {}
+        for method, values in per_method.items():
+            flat: dict[str, float] = {}
+            _flatten("", values, flat)
+            for key, val in flat.items():
+                col = key if key.split(".")[0] == name or key.startswith(name) else f"{name}.{key}"
+                out.setdefault(method, {})[col] = val
+    return out
+
+
+def summary_frame(runs: list[RunDir]):
+    """One row per (run, method) — the comparison table (pandas DataFrame)."""
+    import pandas as pd
+
+    inst = instance_frame(runs)
+    rows = []
+    if inst.empty:
+        return pd.DataFrame(rows)
+    for (run_name, method), grp in inst.groupby(["run", "method"], sort=False):
+        ok = grp[grp.status == "ok"]
+        labels = sorted({lab for s in grp["labels"] for lab in s.split(",") if lab})
+        row = {"run": run_name, "method": method + (f" ({', '.join(labels)})" if labels else ""),
+               "n": int(len(ok)), "failed": int(len(grp) - len(ok))}
+        if "metric.iou" in ok:
+            row["iou_mean"] = ok["metric.iou"].mean()
+            row["iou_median"] = ok["metric.iou"].median()
+        if f"time.{LATENCY_KEY}" in ok:
+            t = ok[f"time.{LATENCY_KEY}"].dropna()
+            row["latency_mean_s"] = t.mean()
+            row["latency_p95_s"] = t.quantile(0.95) if len(t) else math.nan
+        if f"time.{OPT_KEY}" in ok:
+            row["optimize_mean_s"] = ok[f"time.{OPT_KEY}"].mean()
+        for col in sorted(c for c in ok.columns if c.startswith("metric.") and c != "metric.iou"):
+            row[col.removeprefix("metric.") + "_mean"] = ok[col].mean()
+        run = next(r for r in runs if r.root.name == run_name)
+        row.update(corpus_metrics(run).get(method, {}))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def protocol_lines(runs: list[RunDir]) -> list[str]:
+    """Human-readable protocol summary per run, plus a warning when runs differ."""
+    lines, seen = [], {}
+    for run in runs:
+        m = run.read_manifest()
+        ds = m.get("dataset", {})
+        env = m.get("environment", {})
+        proto = {"dataset": ds.get("dataset"), "split": ds.get("split"), "mask": ds.get("mask"),
+                 "camera": ds.get("camera"), "image_size": ds.get("image_size"), "profile": m.get("profile"),
+                 "seed": m.get("seed")}
+        seen[run.root.name] = proto
+        lines.append(f"{run.root.name}: " + ", ".join(f"{k}={v}" for k, v in proto.items() if v is not None)
+                     + f"; device={env.get('device')}, git={(env.get('git') or '?')[:12]}, "
+                     f"torch={env.get('packages', {}).get('torch')}")
+        if ds.get("generator"):
+            lines.append(f"  data generator: {ds['generator']}")
+        for name, desc in m.get("methods", {}).items():
+            w = ", ".join(f"{k}={v['sha256'][:12]}" for k, v in desc.get("weights", {}).items()) or "none given"
+            lab = f" [{', '.join(desc.get('labels', []))}]" if desc.get("labels") else ""
+            lines.append(f"  {name}{lab}: weights {w}")
+        for name, data in run.read_metrics().items():
+            proto_fields = {k: v for k, v in data.items() if k != "methods" and not isinstance(v, dict)}
+            if proto_fields:
+                lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in proto_fields.items()))
+    protos = list(seen.values())
+    if len(protos) > 1 and any(p != protos[0] for p in protos[1:]):
+        keys = sorted({k for p in protos for k in p if any(q.get(k) != protos[0].get(k) for q in protos)})
+        lines.insert(0, f"WARNING: runs differ in protocol ({', '.join(keys)}): numbers are not comparable")
+    return lines
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.1f}"
+    return str(v)
+
+
+def to_markdown(df) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(df) -> str:
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
+    cols = list(df.columns)
+    lines = [r"\begin{tabular}{" + "l" * 2 + "r" * (len(cols) - 2) + "}", r"\toprule",
+             " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(_fmt(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(inst, out_dir: Path) -> list[Path]:
+    """IoU distribution and latency per method (matplotlib PNGs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    ok = inst[inst.status == "ok"] if not inst.empty else inst
+    if ok.empty:
+        return paths
+    keys = [(r, m) for (r, m), _ in ok.groupby(["run", "method"], sort=False)]
+    label = (lambda r, m: m) if len({r for r, _ in keys}) == 1 else (lambda r, m: f"{r}/{m}")
+    for col, title, fname in (("metric.iou", "IoU per instance", "iou.png"),
+                              (f"time.{LATENCY_KEY}", "latency per instance [s]", "latency.png")):
+        if col not in ok:
+            continue
+        data = [ok[(ok.run == r) & (ok.method == m)][col].dropna().values for r, m in keys]
+        fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(keys)), 3.2))
+        ax.boxplot(data, showmeans=True)
+        for k, d in enumerate(data, start=1):
+            ax.scatter([k] * len(d), d, s=10, alpha=0.6)
+        ax.set_xticks(range(1, len(keys) + 1), [label(r, m) for r, m in keys], rotation=15)
+        ax.set_title(title)
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def build_report(run_paths: list[Path], out_dir: Path | None = None) -> dict:
+    """Write table.{csv,md,tex}, instances.csv, protocol.txt and plots; return what was made."""
+    from bench.store import atomic_write_bytes
+
+    runs = [RunDir(p) for p in run_paths]
+    for r in runs:
+        r.read_manifest()  # one-line error when a path is not a run directory
+    out_dir = Path(out_dir) if out_dir else runs[0].report_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inst = instance_frame(runs)
+    table = summary_frame(runs)
+    if len(runs) == 1 and not table.empty:
+        table = table.drop(columns=["run"])
+    protocol = protocol_lines(runs)
+    atomic_write_bytes(out_dir / "table.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(out_dir / "instances.csv", inst.to_csv(index=False).encode())
+    atomic_write_bytes(out_dir / "table.md", (to_markdown(table) + "\nProtocol:\n\n" +
+                                              "\n".join(f"    {line}" for line in protocol) + "\n").encode())
+    atomic_write_bytes(out_dir / "table.tex", to_latex(table).encode())
+    atomic_write_bytes(out_dir / "protocol.txt", ("\n".join(protocol) + "\n").encode())
+    atomic_write_bytes(out_dir / "table.json", json.dumps(json.loads(table.to_json(orient="records")),
+                                                          indent=2).encode())
+    plots = write_plots(inst, out_dir)
+    return {"table": table, "protocol": protocol, "out_dir": out_dir, "plots": plots}
+
+
+def print_report(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    df = result["table"]
+    table = Table(title="meshbench comparison")
+    for col in df.columns:
+        table.add_column(col, justify="left" if col in ("run", "method") else "right")
+    for row in df.itertuples(index=False):
+        table.add_row(*[_fmt(v) for v in row])
+    console.print(table)
+    console.print("[bold]Protocol[/bold]")
+    for line in result["protocol"]:
+        console.print(("  " + line) if not line.startswith("WARNING") else f"[bold red]{line}[/bold red]",
+                      highlight=False)
+    console.print(f"written: {result['out_dir']}/table.{{md,tex,csv,json}}, instances.csv, "
+                  + ", ".join(p.name for p in result["plots"]))

@@ -1,0 +1,163 @@
+"""The run directory: manifest, one record per (method, instance), artifacts, corpus metrics.
+
+Layout (``RUN`` = e.g. ``results/<run>``)::
+
+    RUN/manifest.json                      protocol fingerprint (see bench.manifest)
+    RUN/records/<method>/<instance>.json   one JSON record per (method, instance); its existence = done
+    RUN/artifacts/<method>/<instance>.pt   the Reconstruction + its input (torch.save dict, see below)
+    RUN/renders/<method>/<instance>.png    input view: input | render | overlay, for people
+    RUN/metrics/<name>.json                corpus-level metrics written by ``bench eval``
+    RUN/fid/<method>/<kind>/...            renders for FID (written once, reused)
+    RUN/logs/                              per-worker logs
+    RUN/report/                            tables and plots written by ``bench report``
+
+Every file is written atomically (temp file in the same folder + ``os.replace``), so a killed
+worker leaves either the old state or the new file, never a partial one. The artifact is written
+before the record, so a record always points at a complete artifact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+RECORD_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file and rename (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj):
+    try:
+        import torch
+
+        if torch.is_tensor(obj):
+            return obj.detach().cpu().tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class RunDir:
+    """Access to one run directory (paths, atomic writes, record iteration)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # paths -------------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def record_path(self, method: str, instance: str) -> Path:
+        return self.root / "records" / method / f"{instance}.json"
+
+    def artifact_path(self, method: str, instance: str) -> Path:
+        return self.root / "artifacts" / method / f"{instance}.pt"
+
+    def render_path(self, method: str, instance: str) -> Path:
+        return self.root / "renders" / method / f"{instance}.png"
+
+    def metrics_path(self, name: str) -> Path:
+        return self.root / "metrics" / f"{name}.json"
+
+    def fid_dir(self, method: str, kind: str) -> Path:
+        return self.root / "fid" / method / kind
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    # manifest ----------------------------------------------------------------------------------
+    def read_manifest(self) -> dict:
+        from bench.errors import UserError
+
+        if not self.manifest_path.is_file():
+            raise UserError(f"{self.root} is not a run directory (no manifest.json); "
+                            "pass a folder written by `bench run`")
+        return json.loads(self.manifest_path.read_text())
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic_write_json(self.manifest_path, manifest)
+
+    # records -----------------------------------------------------------------------------------
+    def read_record(self, method: str, instance: str) -> dict | None:
+        path = self.record_path(method, instance)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text())
+
+    def write_record(self, record: dict) -> None:
+        record = {"version": RECORD_VERSION, **record}
+        atomic_write_json(self.record_path(record["method"], record["instance"]), record)
+
+    def methods(self) -> list[str]:
+        folder = self.root / "records"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def iter_records(self, method: str | None = None) -> Iterator[dict]:
+        """Records sorted by (method, dataset index)."""
+        for m in [method] if method else self.methods():
+            folder = self.root / "records" / m
+            recs = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
+            yield from sorted(recs, key=lambda r: (r.get("index", 0), r["instance"]))
+
+    def records(self, method: str | None = None) -> list[dict]:
+        return list(self.iter_records(method))
+
+    # artifacts ---------------------------------------------------------------------------------
+    def save_artifact(self, method: str, instance: str, payload: dict) -> Path:
+        """Atomically ``torch.save`` an artifact dict (see :func:`bench.runner.artifact_payload`)."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        path = self.artifact_path(method, instance)
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def load_artifact(self, method: str, instance: str, device="cpu") -> dict:
+        import torch
+
+        return torch.load(self.artifact_path(method, instance), map_location=device, weights_only=False)
+
+    # corpus metrics ----------------------------------------------------------------------------
+    def write_metrics(self, name: str, values: dict) -> None:
+        atomic_write_json(self.metrics_path(name), values)
+
+    def read_metrics(self) -> dict[str, dict]:
+        folder = self.root / "metrics"
+        if not folder.is_dir():
+            return {}
+        return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}

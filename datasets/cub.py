@@ -1,0 +1,365 @@
+"""CUB-200-2011 birds in the CMR / MeshInversion layout (the official ``datasets/cub`` folder).
+
+Layout (``data_root``; its parent holding ``datasets/cub`` is accepted too)::
+
+    CUB_200_2011/images/<class_dir>/<name>.jpg   original photos (RGB or grayscale)
+    CUB_200_2011/images.txt                      "<image_id> <rel_path>"
+    CUB_200_2011/image_class_labels.txt          "<image_id> <class 1..200>"
+    cache/data/<split>_cub_cleaned.mat           CMR annotations (variable ``images``)
+    cache/sfm/anno_<split>.mat                   CMR SfM cameras (variable ``sfm_anno``)
+    cache/cmr_pred_cam.pth                       CMR predicted cameras (camera='cmr-pred')
+    predicted_mask/<index>.npy                   PointRend masks, one per .mat row (mask='predicted')
+
+Protocol (official MeshInversion defaults): the PointRend mask replaces the annotation mask, and the
+inversion starts from the CMR-predicted camera when its ``pred_pose_overlay_iou`` > 0.7, otherwise
+from the SfM camera. Unlike the official loader, the label files are read from ``data_root`` (the
+official code reads them relative to the CWD).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.datasets.base import Dataset, Sample
+from bench.datasets.cmr_mat import (LayoutRow, file_sha256, missing_message, read_annotations,
+                                    read_sfm, sfm_to_pose)
+from bench.datasets.crop import check_mask_shape, process_instance, read_image, read_mask_npy, to_float32
+from bench.errors import InstanceError, UserError
+
+LAYOUT = ("<data_root>/{CUB_200_2011/images/, CUB_200_2011/images.txt, CUB_200_2011/image_class_labels.txt, "
+          "cache/data/<split>_cub_cleaned.mat, cache/sfm/anno_<split>.mat, cache/cmr_pred_cam.pth, "
+          "predicted_mask/<index>.npy}, i.e. the official datasets/cub folder")
+MASKS = ("predicted", "gt")
+CAMERAS = ("cmr-pred", "sfm")
+
+
+@dataclass
+class CUBConfig:
+    """Options of the CUB dataset (defaults = the official MeshInversion protocol).
+
+    Attributes:
+        data_root: folder holding ``CUB_200_2011/``, ``cache/``, ``predicted_mask/`` (or its parent
+            holding ``datasets/cub``). Default: the official ``datasets/cub`` relative to the CWD.
+        split: CMR split name (``test``, ``val``, ``testval``, ``train``); MeshInversion uses ``test``.
+        image_size: side of the square crop (256).
+        mask: ``predicted`` (PointRend masks, official default) or ``gt`` (annotation mask).
+        camera: ``cmr-pred`` (CMR camera iff its overlay IoU > ``cmr_iou_threshold``, else SfM;
+            official) or ``sfm`` (always the SfM camera).
+        cmr_iou_threshold: IoU threshold of the CMR-camera rule (strictly greater; 0.7).
+        padding_frac: bbox padding per side, fraction of the box size (0.05).
+        mask_threshold: the resized mask is binarised with ``> mask_threshold`` (0.95).
+    """
+
+    data_root: str = "datasets/cub"
+    split: str = "test"
+    image_size: int = 256
+    mask: str = "predicted"
+    camera: str = "cmr-pred"
+    cmr_iou_threshold: float = 0.7
+    padding_frac: float = 0.05
+    mask_threshold: float = 0.95
+
+    def __post_init__(self):
+        if self.mask not in MASKS:
+            raise UserError(f"cub.mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
+        if self.camera not in CAMERAS:
+            raise UserError(f"cub.camera must be one of {', '.join(CAMERAS)}, got {self.camera!r}")
+        if int(self.image_size) <= 0:
+            raise UserError(f"cub.image_size must be positive, got {self.image_size}")
+
+
+def resolve_root(data_root: str | Path) -> Path:
+    """The ``datasets/cub`` folder for a user path (the folder itself or a parent of ``datasets/cub``).
+
+    Raises:
+        UserError: the path does not exist or is not a folder.
+    """
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"CUB data root {root} does not exist or is not a folder; expected {LAYOUT}")
+    if not (root / "CUB_200_2011").exists() and (root / "datasets" / "cub").is_dir():
+        root = root / "datasets" / "cub"
+    return root.resolve()
+
+
+def _paths(root: Path, split: str) -> dict[str, Path]:
+    return {
+        "images": root / "CUB_200_2011" / "images",
+        "images_txt": root / "CUB_200_2011" / "images.txt",
+        "labels_txt": root / "CUB_200_2011" / "image_class_labels.txt",
+        "anno": root / "cache" / "data" / f"{split}_cub_cleaned.mat",
+        "sfm": root / "cache" / "sfm" / f"anno_{split}.mat",
+        "cmr_cams": root / "cache" / "cmr_pred_cam.pth",
+        "pred_masks": root / "predicted_mask",
+        "fid_stats": root / "cache" / "precomputed_fid_299x299_testval.npz",
+    }
+
+
+def _presence(root: Path, split: str, mask: str, camera: str) -> dict[str, LayoutRow]:
+    """Expected entries keyed like :func:`_paths`, with presence only (no file is read)."""
+    p = _paths(root, split)
+
+    def row(key, detail, required=True, is_dir=False):
+        path = p[key]
+        ok = path.is_dir() if is_dir else path.is_file()
+        return LayoutRow(str(path) + ("/" if is_dir else ""), ok, detail, required)
+
+    return {
+        "images": row("images", "original CUB photos", is_dir=True),
+        "images_txt": row("images_txt", "image id -> relative path"),
+        "labels_txt": row("labels_txt", "image id -> class 1..200"),
+        "anno": row("anno", f"CMR annotations of split {split!r} (variable 'images')"),
+        "sfm": row("sfm", f"CMR SfM cameras of split {split!r} (variable 'sfm_anno')"),
+        "cmr_cams": row("cmr_cams", "CMR predicted cameras (camera=cmr-pred)", required=camera == "cmr-pred"),
+        "pred_masks": row("pred_masks", "PointRend masks <index>.npy (mask=predicted)",
+                          required=mask == "predicted", is_dir=True),
+    }
+
+
+def read_labels(root: Path) -> dict[str, int]:
+    """``images.txt`` + ``image_class_labels.txt`` -> {image basename: 0-based class id}.
+
+    Raises:
+        UserError: malformed lines.
+    """
+    p = _paths(root, "")
+
+    def table(path):
+        out = {}
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                raise UserError(f"{path}:{n}: expected '<image_id> <value>', got {line!r}")
+            out[parts[0]] = parts[1].strip()
+        return out
+
+    paths = table(p["images_txt"])
+    labels = table(p["labels_txt"])
+    out = {}
+    for image_id, rel in paths.items():
+        if image_id in labels:
+            try:
+                out[Path(rel).name] = int(labels[image_id]) - 1
+            except ValueError:
+                raise UserError(f"{p['labels_txt']}: class of image {image_id} is not an integer: "
+                                f"{labels[image_id]!r}") from None
+    return out
+
+
+def read_cmr_cams(path: Path) -> dict[str, tuple[np.ndarray, float]]:
+    """``cmr_pred_cam.pth`` -> {basename without extension: (pred_cam (7,) float64, overlay IoU)}.
+
+    Loaded with ``torch.load(weights_only=True)`` (numpy scalars allowed).
+
+    Raises:
+        UserError: unreadable file or unexpected structure.
+    """
+    import torch
+
+    try:
+        core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+        # plain numpy arrays and scalars are data, not code: allow them besides tensors
+        safe = [np.dtype, np.ndarray, core.multiarray.scalar, core.multiarray._reconstruct]
+        safe += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64,
+                                             np.uint8, np.bool_)]
+        with torch.serialization.safe_globals(safe):
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot read CMR cameras {path}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''} (expected a torch.save'd dict "
+                        "{name: {'pred_cam': 7 values, 'pred_pose_overlay_iou': float}})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a dict keyed by image name, got {type(raw).__name__}")
+    out = {}
+    for name, entry in raw.items():
+        try:
+            cam = entry["pred_cam"]
+            cam = cam.detach().cpu().double().numpy() if torch.is_tensor(cam) else np.asarray(cam, np.float64)
+            iou = entry["pred_pose_overlay_iou"]
+            iou = float(iou.item() if hasattr(iou, "item") else iou)
+            out[str(name)] = (cam.reshape(7).astype(np.float64), iou)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise UserError(f"{path}: entry {name!r} must hold 'pred_cam' (7 values) and "
+                            f"'pred_pose_overlay_iou' ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+class CUBDataset(Dataset):
+    """CUB test instances with the official crop and camera (lazy: ``load(i)`` reads one photo).
+
+    ``__init__`` reads only the index (the two ``.mat`` files, the label files and, for
+    camera='cmr-pred', ``cmr_pred_cam.pth``) and raises :class:`UserError` for an unusable root.
+
+    ``load(i)`` returns a :class:`Sample` with ``image`` (3,S,S) float32 in [0,1] (white padding),
+    ``mask`` (S,S) float32 {0,1}, ``camera`` (7,) float32 ``[s, tx, ty, qw, qx, qy, qz]``,
+    ``camera_source`` ``'cmr-pred'`` or ``'sfm'`` (the one actually used), ``keypoints`` (15,3) float32,
+    ``class_id`` 0..199, ``meta`` {img_path, rel_path, name, bbox (1-based as stored), crop_bbox
+    (0-based square box), sfm_pose (7 floats), cmr_iou}. :meth:`load_float64` gives the float64 arrays.
+    """
+
+    name: ClassVar[str] = "cub"
+    Config: ClassVar[type] = CUBConfig
+    summary: ClassVar[str] = "CUB-200-2011 birds in the CMR/MeshInversion layout"
+    #: The data protocol is the same under every profile (``fast`` only makes methods cheaper).
+    profiles: ClassVar[dict] = {"paper": {}, "fast": {}}
+    default_num_workers: ClassVar[int] = 0  # decoding one photo is negligible next to an inversion
+
+    def __init__(self, config: CUBConfig | None = None, **overrides):
+        config = config or CUBConfig(**overrides)
+        super().__init__(config)
+        self.root = resolve_root(config.data_root)
+        rows = list(_presence(self.root, config.split, config.mask, config.camera).values())
+        if any(r.required and not r.present for r in rows):
+            raise UserError(missing_message("CUB data root", self.root, rows, LAYOUT,
+                                            "mask=gt and camera=sfm need neither predicted_mask/ nor "
+                                            "cmr_pred_cam.pth"))
+        self._paths = _paths(self.root, config.split)
+        self.records = read_annotations(self._paths["anno"], keep_mask=config.mask == "gt")
+        self.sfm = read_sfm(self._paths["sfm"])
+        if len(self.sfm) != len(self.records):
+            raise UserError(f"{self._paths['sfm']} has {len(self.sfm)} entries but "
+                            f"{self._paths['anno']} has {len(self.records)}; they must be aligned")
+        self.labels = read_labels(self.root)
+        cams = read_cmr_cams(self._paths["cmr_cams"]) if config.camera == "cmr-pred" else {}
+        self.cmr: list[tuple[np.ndarray, float] | None] = []
+        self.camera_sources: list[str] = []
+        for rec in self.records:
+            entry = cams.get(Path(rec["rel_path"]).stem)
+            self.cmr.append(entry)
+            use = entry is not None and entry[1] > config.cmr_iou_threshold
+            self.camera_sources.append("cmr-pred" if use else "sfm")
+        self._fingerprint: dict[str, str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, i: int) -> Path:
+        return self._paths["images"] / self.records[i]["rel_path"]
+
+    def class_id(self, i: int) -> int:
+        rec = self.records[i]
+        name = Path(rec["rel_path"]).name
+        if name in self.labels:
+            return self.labels[name]
+        if "class_id" in rec["extra"]:  # fall back to the .mat's own 1-based class
+            return int(rec["extra"]["class_id"]) - 1
+        raise InstanceError(f"no class label for {name} in {self._paths['images_txt'].name} / "
+                            f"{self._paths['labels_txt'].name}")
+
+    def load_float64(self, i: int) -> dict[str, Any]:
+        """Instance ``i`` as the official float64 arrays.
+
+        Returns:
+            dict: ``img`` (3,S,S), ``mask`` (S,S), ``kp`` (15,3), ``sfm_pose`` (7,), ``crop_bbox`` (4,)
+            int, ``pose`` (7,) float64 = the camera the inversion starts from, ``camera_source``,
+            ``class_id``, ``img_path``.
+        """
+        cfg = self.config
+        rec, sfm = self.records[i], self.sfm[i]
+        img_path = self.image_path(i)
+        image = read_image(img_path)
+        if cfg.mask == "predicted":
+            mask_path = self._paths["pred_masks"] / f"{i}.npy"
+            mask = read_mask_npy(mask_path)
+            check_mask_shape(mask, image, f"predicted mask {mask_path}", img_path)
+        else:
+            mask = rec["mask"]
+            if mask is None:
+                raise InstanceError(f"annotation {i} of {self._paths['anno'].name} has no mask")
+            check_mask_shape(mask, image, f"annotation mask of entry {i}", img_path)
+        scale, trans, quat = sfm_to_pose(sfm)
+        out = process_instance(image, mask, rec["bbox"], rec["parts"], scale, trans, quat,
+                               img_size=int(cfg.image_size), pad_frac=cfg.padding_frac,
+                               mask_threshold=cfg.mask_threshold)
+        source = self.camera_sources[i]
+        out["pose"] = self.cmr[i][0].copy() if source == "cmr-pred" else out["sfm_pose"].copy()
+        out["camera_source"] = source
+        out["class_id"] = self.class_id(i)
+        out["img_path"] = str(img_path)
+        return out
+
+    def load(self, i: int) -> Sample:
+        if not 0 <= i < len(self):
+            raise IndexError(f"instance {i} out of range (dataset has {len(self)})")
+        out = self.load_float64(i)
+        rec = self.records[i]
+        cmr = self.cmr[i]
+        t = to_float32(out)
+        return Sample(
+            id=self.instance_id(i), index=i,
+            image=t["img"], mask=t["mask"], mask_source=self.config.mask,
+            camera=t["pose"], camera_source=out["camera_source"],
+            class_id=int(out["class_id"]), keypoints=t["kp"],
+            meta={
+                "img_path": out["img_path"], "rel_path": rec["rel_path"], "name": Path(rec["rel_path"]).stem,
+                "bbox": [float(v) for v in rec["bbox"]], "crop_bbox": [int(v) for v in out["crop_bbox"]],
+                "sfm_pose": [float(v) for v in out["sfm_pose"]],
+                "cmr_iou": None if cmr is None else float(cmr[1]),
+            },
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest fields: config, resolved root, counts, camera-source split and index sha256."""
+        if self._fingerprint is None:
+            keys = ["anno", "sfm"] + (["cmr_cams"] if self.config.camera == "cmr-pred" else [])
+            self._fingerprint = {str(self._paths[k].relative_to(self.root)): file_sha256(self._paths[k])
+                                 for k in keys}
+        info = super().describe()
+        info.update({
+            "data_root": str(self.root),
+            "num_instances": len(self),
+            "mask_source": self.config.mask,
+            "camera_source": self.config.camera,
+            "camera_source_counts": {s: self.camera_sources.count(s) for s in CAMERAS},
+            "index_sha256": dict(self._fingerprint),
+        })
+        return info
+
+
+def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[LayoutRow], int | None]:
+    """Rows for every expected CUB path (for the default mask/camera) and the instance count.
+
+    Raises:
+        UserError: the root does not exist, or none of the expected entries is there.
+    """
+    split = split or CUBConfig.split
+    root = resolve_root(data_root)
+    rows = _presence(root, split, CUBConfig.mask, CUBConfig.camera)
+    if not any(r.present for r in rows.values()):
+        raise UserError(f"{root} is not a CUB data root: none of the expected files is there "
+                        f"(expected layout: {LAYOUT})")
+    p = _paths(root, split)
+    count = None
+    readers = {"anno": lambda: read_annotations(p["anno"], keep_mask=False),
+               "sfm": lambda: read_sfm(p["sfm"]), "cmr_cams": lambda: read_cmr_cams(p["cmr_cams"])}
+    records: list = []
+    for key, read in readers.items():
+        r = rows[key]
+        if not r.present:
+            continue
+        try:
+            items = read()
+        except UserError as err:
+            rows[key] = r._replace(present=False, detail=f"{r.detail}: unreadable: {err}")
+            continue
+        rows[key] = r._replace(detail=f"{r.detail}: {len(items)} entries")
+        if key == "anno":
+            records, count = items, len(items)
+    if records:
+        if rows["images"].present:
+            found = sum((p["images"] / rec["rel_path"]).is_file() for rec in records)
+            rows["images"] = rows["images"]._replace(
+                detail=f"{rows['images'].detail}: {found}/{count} instance images found")
+        if rows["pred_masks"].present:
+            found = sum((p["pred_masks"] / f"{i}.npy").is_file() for i in range(count))
+            rows["pred_masks"] = rows["pred_masks"]._replace(
+                detail=f"{rows['pred_masks'].detail}: {found}/{count} masks found")
+    out = list(rows.values())
+    out.append(LayoutRow(str(p["fid_stats"]), p["fid_stats"].is_file(),
+                         "FID_10/FID_12 reference statistics (evaluation only)", False))
+    return out, count

@@ -1,0 +1,271 @@
+"""PASCAL3D+ cars in the CMR ``p3d`` layout (as used by CMR, UMR-style loaders, ConvMesh, MeshInversion).
+
+Layout (``data_root``)::
+
+    PASCAL3D+_release1.1/Images/car_pascal/<VOC id>.jpg       (or data_root itself holds Images/)
+    PASCAL3D+_release1.1/Images/car_imagenet/<wnid>_<n>.JPEG
+    data/car_<split>.mat        CMR annotations (variable ``images``; rel_path with backslashes)
+    sfm/car_<split>.mat         CMR SfM cameras (variable ``sfm_anno``)
+    data/car_kps.mat            keypoint names / left-right permutation (training only; optional)
+
+The annotation folder (holding ``data/`` and ``sfm/``) defaults to ``data_root`` and may also be
+``data_root/p3d`` or ``data_root/cachedir/p3d`` (CMR's ``cachedir``), or be given as ``anno_root``.
+Crop, resize and normalisation are the CUB ones (:mod:`bench.datasets.crop`); the camera is the SfM
+camera; the mask is the annotation mask (``gt``) unless predicted masks are supplied.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bench.datasets.base import Dataset, Sample
+from bench.datasets.cmr_mat import (LayoutRow, file_sha256, missing_message, read_annotations,
+                                    read_sfm, sfm_to_pose)
+from bench.datasets.crop import check_mask_shape, process_instance, read_image, read_mask_npy, to_float32
+from bench.errors import InstanceError, UserError
+
+IMAGES_DIR = "PASCAL3D+_release1.1"
+LAYOUT = ("<data_root>/{PASCAL3D+_release1.1/Images/<category>_pascal|<category>_imagenet/, "
+          "data/<category>_<split>.mat, sfm/<category>_<split>.mat, data/<category>_kps.mat (optional)}")
+MASKS = ("gt", "predicted")
+CAMERAS = ("sfm",)
+
+
+@dataclass
+class P3DConfig:
+    """Options of the PASCAL3D+ dataset.
+
+    Attributes:
+        data_root: folder holding ``PASCAL3D+_release1.1/`` (or ``Images/`` directly) and, by default,
+            the CMR annotation folders ``data/`` and ``sfm/``.
+        anno_root: folder holding ``data/`` and ``sfm/`` when elsewhere; ``""`` = search ``data_root``,
+            ``data_root/p3d``, ``data_root/cachedir/p3d``.
+        split: CMR split (``val`` = VOC-val PASCAL cars, the usual test split; ``train``; ``all``).
+        category: PASCAL3D+ category of the CMR files (``car``; ``aeroplane`` files share the format).
+        image_size: side of the square crop (256).
+        mask: ``gt`` (annotation mask) or ``predicted`` (``<predicted_mask_dir>/<index>.npy``).
+        predicted_mask_dir: folder of predicted masks, one ``<index>.npy`` per ``.mat`` row;
+            ``""`` = ``<anno_root>/predicted_mask``.
+        camera: ``sfm`` (the only camera available for cars).
+        padding_frac: bbox padding per side (0.05).
+        mask_threshold: resized mask binarised with ``> mask_threshold`` (0.95).
+    """
+
+    data_root: str = "datasets/p3d"
+    anno_root: str = ""
+    split: str = "val"
+    category: str = "car"
+    image_size: int = 256
+    mask: str = "gt"
+    predicted_mask_dir: str = ""
+    camera: str = "sfm"
+    padding_frac: float = 0.05
+    mask_threshold: float = 0.95
+
+    def __post_init__(self):
+        if self.mask not in MASKS:
+            raise UserError(f"p3d.mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
+        if self.camera not in CAMERAS:
+            raise UserError(f"p3d.camera must be 'sfm' (no CMR car cameras exist), got {self.camera!r}")
+        if int(self.image_size) <= 0:
+            raise UserError(f"p3d.image_size must be positive, got {self.image_size}")
+
+
+def _resolve(data_root, anno_root: str, split: str, category: str) -> tuple[Path, Path, Path]:
+    """(root, images_dir, anno_dir) for the user's paths.
+
+    Raises:
+        UserError: ``data_root`` (or ``anno_root``) does not exist.
+    """
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"PASCAL3D+ data root {root} does not exist or is not a folder; expected {LAYOUT}")
+    root = root.resolve()
+    images = root / IMAGES_DIR / "Images"
+    if not images.is_dir() and (root / "Images").is_dir():
+        images = root / "Images"
+    if anno_root:
+        anno = Path(anno_root).expanduser()
+        if not anno.is_dir():
+            raise UserError(f"PASCAL3D+ annotation root {anno} does not exist; expected a folder "
+                            f"holding data/{category}_{split}.mat and sfm/{category}_{split}.mat")
+        anno = anno.resolve()
+    else:
+        anno = root
+        for cand in (root, root / "p3d", root / "cachedir" / "p3d"):
+            if (cand / "data" / f"{category}_{split}.mat").is_file():
+                anno = cand
+                break
+    return root, images, anno
+
+
+def _presence(images: Path, anno: Path, split: str, category: str, mask: str,
+              pred_dir: Path) -> dict[str, LayoutRow]:
+    def row(path: Path, detail, required=True, is_dir=False):
+        ok = path.is_dir() if is_dir else path.is_file()
+        return LayoutRow(str(path) + ("/" if is_dir else ""), ok, detail, required)
+
+    return {
+        "images": row(images, "PASCAL3D+ photos (Images/)", is_dir=True),
+        "anno": row(anno / "data" / f"{category}_{split}.mat",
+                    f"CMR annotations of split {split!r} (variable 'images')"),
+        "sfm": row(anno / "sfm" / f"{category}_{split}.mat",
+                   f"CMR SfM cameras of split {split!r} (variable 'sfm_anno')"),
+        "kps": row(anno / "data" / f"{category}_kps.mat", "keypoint names / left-right permutation "
+                   "(training-time mirroring only)", required=False),
+        "pred_masks": row(pred_dir, "predicted masks <index>.npy (mask=predicted)",
+                          required=mask == "predicted", is_dir=True),
+    }
+
+
+class P3DDataset(Dataset):
+    """PASCAL3D+ instances with the official CMR crop and the SfM camera (lazy).
+
+    ``load(i)`` returns a :class:`Sample` with ``image`` (3,S,S) float32 in [0,1] (white padding),
+    ``mask`` (S,S) float32 {0,1}, ``camera`` (7,) float32 SfM ``[s, tx, ty, qw, qx, qy, qz]``,
+    ``camera_source`` ``'sfm'``, ``keypoints`` (12,3) float32 (cars), ``class_id`` 0 (single category),
+    ``meta`` {img_path, rel_path, name, bbox, crop_bbox, sfm_pose, voc_image_id, voc_rec_id}.
+    """
+
+    name: ClassVar[str] = "p3d"
+    Config: ClassVar[type] = P3DConfig
+    summary: ClassVar[str] = "PASCAL3D+ cars in the CMR p3d layout"
+    #: The data protocol is the same under every profile (``fast`` only makes methods cheaper).
+    profiles: ClassVar[dict] = {"paper": {}, "fast": {}}
+    default_num_workers: ClassVar[int] = 0  # decoding one photo is negligible next to an inversion
+
+    def __init__(self, config: P3DConfig | None = None, **overrides):
+        config = config or P3DConfig(**overrides)
+        super().__init__(config)
+        self.root, self.images_dir, self.anno_dir = _resolve(config.data_root, config.anno_root,
+                                                             config.split, config.category)
+        self.pred_dir = (Path(config.predicted_mask_dir).expanduser().resolve() if config.predicted_mask_dir
+                         else self.anno_dir / "predicted_mask")
+        rows = _presence(self.images_dir, self.anno_dir, config.split, config.category, config.mask,
+                         self.pred_dir)
+        self._rows = rows
+        if any(r.required and not r.present for r in rows.values()):
+            raise UserError(missing_message("PASCAL3D+ data root", self.root, list(rows.values()), LAYOUT))
+        self.anno_path = Path(rows["anno"].path)
+        self.sfm_path = Path(rows["sfm"].path)
+        self.records = read_annotations(self.anno_path, keep_mask=config.mask == "gt")
+        self.sfm = read_sfm(self.sfm_path)
+        if len(self.sfm) != len(self.records):
+            raise UserError(f"{self.sfm_path} has {len(self.sfm)} entries but {self.anno_path} has "
+                            f"{len(self.records)}; they must be aligned")
+        self._fingerprint: dict[str, str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, i: int) -> Path:
+        return self.images_dir / self.records[i]["rel_path"]
+
+    def load_float64(self, i: int) -> dict[str, Any]:
+        """Instance ``i`` as float64 arrays: ``img`` (3,S,S), ``mask`` (S,S), ``kp`` (K,3),
+        ``sfm_pose`` (7,), ``crop_bbox`` (4,) int, ``pose`` (7,) (= sfm_pose), ``img_path``."""
+        cfg = self.config
+        rec, sfm = self.records[i], self.sfm[i]
+        img_path = self.image_path(i)
+        image = read_image(img_path)
+        if cfg.mask == "predicted":
+            mask_path = self.pred_dir / f"{i}.npy"
+            mask = read_mask_npy(mask_path)
+            check_mask_shape(mask, image, f"predicted mask {mask_path}", img_path)
+        else:
+            mask = rec["mask"]
+            if mask is None:
+                raise InstanceError(f"annotation {i} of {self.anno_path.name} has no mask")
+            check_mask_shape(mask, image, f"annotation mask of entry {i}", img_path)
+        scale, trans, quat = sfm_to_pose(sfm)
+        out = process_instance(image, mask, rec["bbox"], rec["parts"], scale, trans, quat,
+                               img_size=int(cfg.image_size), pad_frac=cfg.padding_frac,
+                               mask_threshold=cfg.mask_threshold)
+        out["pose"] = out["sfm_pose"].copy()
+        out["img_path"] = str(img_path)
+        return out
+
+    def load(self, i: int) -> Sample:
+        if not 0 <= i < len(self):
+            raise IndexError(f"instance {i} out of range (dataset has {len(self)})")
+        out = self.load_float64(i)
+        rec = self.records[i]
+        t = to_float32(out)
+        meta = {
+            "img_path": out["img_path"], "rel_path": rec["rel_path"], "name": Path(rec["rel_path"]).stem,
+            "bbox": [float(v) for v in rec["bbox"]], "crop_bbox": [int(v) for v in out["crop_bbox"]],
+            "sfm_pose": [float(v) for v in out["sfm_pose"]],
+        }
+        for key in ("voc_image_id", "voc_rec_id"):
+            if key in rec["extra"]:
+                meta[key] = rec["extra"][key]
+        return Sample(
+            id=self.instance_id(i), index=i,
+            image=t["img"], mask=t["mask"], mask_source=self.config.mask,
+            camera=t["pose"], camera_source="sfm", class_id=0, keypoints=t["kp"],
+            meta=meta,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest fields: config, resolved folders, instance count, index sha256."""
+        if self._fingerprint is None:
+            self._fingerprint = {str(p.relative_to(self.anno_dir)): file_sha256(p)
+                                 for p in (self.anno_path, self.sfm_path)}
+        info = super().describe()
+        info.update({
+            "data_root": str(self.root),
+            "images_dir": str(self.images_dir),
+            "anno_root": str(self.anno_dir),
+            "num_instances": len(self),
+            "mask_source": self.config.mask,
+            "camera_source": "sfm",
+            "camera_source_counts": {"sfm": len(self)},
+            "index_sha256": dict(self._fingerprint),
+        })
+        return info
+
+
+def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[LayoutRow], int | None]:
+    """Rows for every expected PASCAL3D+ path (default config) and the instance count.
+
+    Raises:
+        UserError: the root does not exist, or none of the expected entries is there.
+    """
+    cfg = P3DConfig(data_root=str(data_root), split=split or P3DConfig.split)
+    root, images, anno = _resolve(cfg.data_root, "", cfg.split, cfg.category)
+    rows = _presence(images, anno, cfg.split, cfg.category, cfg.mask, anno / "predicted_mask")
+    if not any(r.present for k, r in rows.items() if k != "pred_masks"):
+        raise UserError(f"{root} is not a PASCAL3D+ data root: none of the expected files is there "
+                        f"(expected layout: {LAYOUT})")
+    count = None
+    records: list = []
+    for key, read in (("anno", lambda: read_annotations(rows["anno"].path, keep_mask=False)),
+                      ("sfm", lambda: read_sfm(rows["sfm"].path))):
+        r = rows[key]
+        if not r.present:
+            continue
+        try:
+            items = read()
+        except UserError as err:
+            rows[key] = r._replace(present=False, detail=f"{r.detail}: unreadable: {err}")
+            continue
+        rows[key] = r._replace(detail=f"{r.detail}: {len(items)} entries")
+        if key == "anno":
+            records, count = items, len(items)
+    out = []
+    for key, r in rows.items():
+        if key == "pred_masks" and not r.present:
+            continue  # optional and not used by the default config
+        out.append(r)
+        if key == "images" and records:
+            subsets: dict[str, list[int]] = {}
+            for rec in records:
+                sub = rec["rel_path"].split("/", 1)[0]
+                hit = subsets.setdefault(sub, [0, 0])
+                hit[0] += 1
+                hit[1] += (images / rec["rel_path"]).is_file()
+            for sub, (n, found) in sorted(subsets.items()):
+                out.append(LayoutRow(str(images / sub) + "/", (images / sub).is_dir(),
+                                     f"{found}/{n} instance images found"))
+    return out, count

@@ -1,0 +1,55 @@
+"""Helpers for the harness tests: run the real CLI in a subprocess with tiny settings."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Tiny but real settings: the untrained demo generator, 3 instances at 64 px, a 4-step inversion.
+TINY = ["--profile", "fast", "--set", "synthetic.n=3", "--set", "synthetic.image_size=64",
+        "--set", "ours.render_size=64", "--set", "ours.select_num=2", "--set", "ours.iterations=[1,1,1,1]",
+        "--set", "ours.chamfer_resolution=512", "--quiet"]
+
+VOLATILE = ("timings", "runtime", "attempt")
+
+
+def bench(*args, cwd=None, env=None, timeout=600, check=False) -> subprocess.CompletedProcess:
+    """Run ``python -m bench.cli ARGS`` and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bench {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def load_records(run: Path) -> dict[tuple[str, str], dict]:
+    out = {}
+    for path in sorted((run / "records").glob("*/*.json")):
+        rec = json.loads(path.read_text())
+        out[(rec["method"], rec["instance"])] = rec
+    return out
+
+
+def stable(rec: dict) -> dict:
+    """A record without the fields that legitimately differ between runs (clock times, host, pid)."""
+    return {k: v for k, v in rec.items() if k not in VOLATILE}
+
+
+def assert_close_records(a: dict, b: dict, rtol: float = 1e-4, path: str = "") -> None:
+    """Recursive equality of JSON records with a relative tolerance on floats."""
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, f"{path}: {type(a)} vs {type(b)}"
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys differ {set(a) ^ set(b)}"
+        for k in a:
+            assert_close_records(a[k], b[k], rtol, f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), f"{path}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_records(x, y, rtol, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert abs(a - b) <= rtol * max(abs(a), abs(b), 1e-6), f"{path}: {a} vs {b}"
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
