@@ -207,7 +207,7 @@ class CUBDataset(Dataset):
     summary: ClassVar[str] = "CUB-200-2011 birds in the CMR/MeshInversion layout"
     #: The data protocol is the same under every profile (``fast`` only makes methods cheaper).
     profiles: ClassVar[dict] = {"paper": {}, "fast": {}}
-    default_num_workers: ClassVar[int] = 0  # decoding one photo is negligible next to an inversion
+    default_num_workers: ClassVar[int] = 2  # decode and crop the next photos while a method runs
 
     def __init__(self, config: CUBConfig | None = None, **overrides):
         config = config or CUBConfig(**overrides)

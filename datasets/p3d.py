@@ -133,7 +133,7 @@ class P3DDataset(Dataset):
     summary: ClassVar[str] = "PASCAL3D+ cars in the CMR p3d layout"
     #: The data protocol is the same under every profile (``fast`` only makes methods cheaper).
     profiles: ClassVar[dict] = {"paper": {}, "fast": {}}
-    default_num_workers: ClassVar[int] = 0  # decoding one photo is negligible next to an inversion
+    default_num_workers: ClassVar[int] = 2  # decode and crop the next photos while a method runs
 
     def __init__(self, config: P3DConfig | None = None, **overrides):
         config = config or P3DConfig(**overrides)
