@@ -54,7 +54,9 @@ class Reconstruction:
             in [-1,1], as the official renderer leaves it).
         mask: (H,W) float32 input-view mask of the render (hard mask, values 0 or ~1).
         latent: optional (D,) float32 optimised latent.
-        timings: seconds per stage, at least ``total`` and ``optimize`` (CUDA-synchronised).
+        timings: seconds per stage for this instance, at least ``total`` and ``optimize``
+            (CUDA-synchronised wall time; for a batch of B: the batch's time / B, with the whole
+            batch's times in ``info["batch_timings"]`` and B in ``info["batch_size"]``).
         losses: the loss trace (one float per optimisation step).
         info: extra JSON-serialisable values (initial IoU, chosen candidate, labels...).
         error: failure message when ``status == "failed"``.

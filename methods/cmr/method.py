@@ -17,8 +17,9 @@ MeshInversion's), so CMR needs no conversion; faces are only re-wound outwards.
 
 Reconstruction fields: ``image`` (3,H,W) in [0,1], the two-sided textured render at the sample's
 resolution with background 0.5; ``mask`` (H,W) the hard mask; ``latent`` (200,); ``timings``
-``total`` / ``optimize`` / ``encode`` / ``render`` / ``batch`` (seconds for the whole batch the
-instance was part of, CUDA-synchronised) and ``batch_size``; ``losses`` the per-step objective.
+``total`` / ``optimize`` / ``encode`` / ``render`` per instance (the batch's CUDA-synchronised wall
+time divided by the batch size; the whole batch's times are in ``info["batch_timings"]``);
+``losses`` the per-step objective.
 """
 from __future__ import annotations
 
@@ -288,7 +289,10 @@ class MeshNetMethod(Method):
         batch_time = t3 - t0
         recs = []
         for b, s in enumerate(batch):
+            batch_timings = {"total": batch_time, "optimize": (t2 - t1) if self.tto else 0.0, "encode": t1 - t0,
+                             "render": t3 - t2}
             info = {"labels": list(self._labels), "model": self.model_name, "batch_size": B,
+                    "batch_timings": batch_timings,
                     "camera_model_frame": [float(x) for x in camera[b].cpu()],
                     "frame_quaternion": [float(x) for x in self.frame_quaternion()]}
             info.update(self._extra_info(enc, extra, b))
@@ -301,8 +305,7 @@ class MeshNetMethod(Method):
                 image=rimg[b].float().cpu(),
                 mask=rmask[b].float().cpu(),
                 latent=latent[b].detach().float().cpu(),
-                timings={"total": batch_time, "optimize": (t2 - t1) if self.tto else 0.0, "encode": t1 - t0, "render": t3 - t2,
-                         "batch": batch_time, "batch_size": B},
+                timings={k: v / B for k, v in batch_timings.items()},
                 losses=losses,
                 info=info,
             )
