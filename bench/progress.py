@@ -29,6 +29,8 @@ def progress_bar(enabled: bool = True, unit: str = "inst"):
     class RateColumn(ProgressColumn):
         def render(self, task):
             speed = task.finished_speed or task.speed
+            if not speed and task.completed and task.elapsed:
+                speed = task.completed / task.elapsed
             return Text(f"{speed:.2f} {unit}/s" if speed else f"-.-- {unit}/s", style="progress.data.speed")
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),

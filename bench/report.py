@@ -37,29 +37,35 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _flatten(prefix: str, obj, out: dict) -> None:
-    if _is_number(obj):
-        out[prefix] = float(obj)
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+# Columns taken from RUN/metrics/<name>.json per method: {name: {key in the file: column}}; files
+# not listed contribute every top-level number as "<name>.<key>".
+CORPUS_COLUMNS = {
+    "fid1": {"fid": "fid1", "kid_mean": "kid1"},
+    "fid10": {"fid": "fid10", "kid_mean": "kid10"},
+    "fid12": {"fid": "fid12", "kid_mean": "kid12"},
+    "kid": {},
+    "shape3d": {"chamfer_l2": "chamfer_l2", "fscore": "fscore", "latent_error": "latent_err", "psnr": "psnr",
+                "ssim": "ssim"},
+    "latency": {"instances_per_s": "inst_per_s"},
+    "iou": {},
+}
+_SKIP = {"n_images", "n_instances", "n_failed", "n_without_gt", "kid_subset_size", "kid_std"}
 
 
 def corpus_metrics(run: RunDir) -> dict[str, dict[str, float]]:
-    """``{method: {column: value}}`` from RUN/metrics/*.json.
-
-    Each file is ``{"methods": {method: {key: number | {...}}}, ...protocol fields}``; nested numbers
-    are flattened to ``name.key.sub`` columns (the file name prefixes the column unless it equals the key).
-    """
+    """``{method: {column: value}}`` from the ``{"methods": {method: {...}}}`` files ``bench eval`` wrote."""
     out: dict[str, dict[str, float]] = {}
     for name, data in run.read_metrics().items():
         per_method = data.get("methods", {}) if isinstance(data, dict) else {}
         for method, values in per_method.items():
-            flat: dict[str, float] = {}
-            _flatten("", values, flat)
-            for key, val in flat.items():
-                col = key if key.split(".")[0] == name or key.startswith(name) else f"{name}.{key}"
-                out.setdefault(method, {})[col] = val
+            if not isinstance(values, dict):
+                continue
+            columns = CORPUS_COLUMNS.get(name)
+            if columns is None:
+                columns = {k: f"{name}.{k}" for k, v in values.items() if _is_number(v) and k not in _SKIP}
+            for key, col in columns.items():
+                if _is_number(values.get(key)):
+                    out.setdefault(method, {})[col] = float(values[key])
     return out
 
 
@@ -74,8 +80,7 @@ def summary_frame(runs: list[RunDir]):
     for (run_name, method), grp in inst.groupby(["run", "method"], sort=False):
         ok = grp[grp.status == "ok"]
         labels = sorted({lab for s in grp["labels"] for lab in s.split(",") if lab})
-        row = {"run": run_name, "method": method + (f" ({', '.join(labels)})" if labels else ""),
-               "n": int(len(ok)), "failed": int(len(grp) - len(ok))}
+        row = {"run": run_name, "method": method, "n": int(len(ok)), "failed": int(len(grp) - len(ok))}
         if "metric.iou" in ok:
             row["iou_mean"] = ok["metric.iou"].mean()
             row["iou_median"] = ok["metric.iou"].median()
@@ -89,6 +94,7 @@ def summary_frame(runs: list[RunDir]):
             row[col.removeprefix("metric.") + "_mean"] = ok[col].mean()
         run = next(r for r in runs if r.root.name == run_name)
         row.update(corpus_metrics(run).get(method, {}))
+        row["labels"] = ", ".join(labels)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -114,7 +120,7 @@ def protocol_lines(runs: list[RunDir]) -> list[str]:
             lab = f" [{', '.join(desc.get('labels', []))}]" if desc.get("labels") else ""
             lines.append(f"  {name}{lab}: weights {w}")
         for name, data in run.read_metrics().items():
-            proto_fields = {k: v for k, v in data.items() if k != "methods" and not isinstance(v, dict)}
+            proto_fields = data.get("protocol") or {}
             if proto_fields:
                 lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in proto_fields.items()))
     protos = list(seen.values())
@@ -128,7 +134,7 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
-        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.1f}"
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
     return str(v)
 
 
@@ -210,18 +216,22 @@ def build_report(run_paths: list[Path], out_dir: Path | None = None) -> dict:
 def print_report(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    import sys
+
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     df = result["table"]
     table = Table(title="meshbench comparison")
     for col in df.columns:
-        table.add_column(col, justify="left" if col in ("run", "method") else "right")
+        text_col = col in ("run", "method", "labels")
+        table.add_column(col, justify="left" if text_col else "right", no_wrap=col != "labels")
     for row in df.itertuples(index=False):
         table.add_row(*[_fmt(v) for v in row])
     console.print(table)
     console.print("[bold]Protocol[/bold]")
     for line in result["protocol"]:
-        console.print(("  " + line) if not line.startswith("WARNING") else f"[bold red]{line}[/bold red]",
-                      highlight=False)
+        style = "bold red" if line.startswith("WARNING") else None
+        console.print(Text(line if style else "  " + line, style=style or ""))
     console.print(f"written: {result['out_dir']}/table.{{md,tex,csv,json}}, instances.csv, "
                   + ", ".join(p.name for p in result["plots"]))
