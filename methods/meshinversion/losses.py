@@ -1,0 +1,438 @@
+"""MeshInversion inversion losses (spec §d ``criterion``), for a batch of B independent instances.
+
+The official code works on one instance at a time. Here every term returns one value per instance
+(shape (B,)); the optimised scalar is ``total.sum()``, so each instance's gradient (and therefore
+its Adam step) is exactly what it would be alone. Instances have different numbers of mask pixels:
+point sets are *padded batches* (:class:`PointSet`: (B, N, D) tensors plus ``lengths`` (B,)),
+see :mod:`.chamfer`.
+
+Terms (unweighted; defaults of :class:`LossConfig`):
+
+* ``mask`` (×10): Chamfer between projected vertex xy and target mask pixel positions, squared
+  distances in float64, both directions, no subsampling; float32 result.
+* ``pixel`` (×1): one-way gated Chamfer prediction → target over (position, RGB), float64.
+* ``feat`` (×0.04 as in the official code; the supplement says 0.05): symmetric gated Chamfer
+  over (position, L2-normalised VGG19 relu3_1 feature) on the feature grid, float64.
+* ``nll`` (×0.05): ``mean(z²)/2``.
+* ``flat`` (×5e-5, off by default): ConvMesh flatness, computed by the caller or by
+  :func:`flat_loss` from face normals.
+
+Random subsampling (``distChamfer_downsample``): for each texture term and each instance,
+``idx_a = randperm(N_pred)[:R]`` then ``idx_b = randperm(N_target)[:R]`` are drawn on the CPU
+(default generator unless one is passed), also when N ≤ R; the same indices select colours and
+positions. For B > 1 the draws go term by term (pixel, then feat), instance by instance. Explicit
+indices can be injected (``indices=``) to reproduce a recorded call.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .chamfer import GateParams, chamfer_sq, gated_chamfer, masked_mean
+
+__all__ = [
+    "LossConfig",
+    "LossTargets",
+    "PointSet",
+    "chamfer_mask_loss",
+    "criterion",
+    "feat_texture_loss",
+    "feature_points",
+    "flat_loss",
+    "get_vtx_color",
+    "grid_sample_from_vtx",
+    "iou",
+    "mask2proj",
+    "nll_loss",
+    "pixel_points",
+    "pixel_texture_loss",
+    "prepare_targets",
+    "subsample_indices",
+    "texture_chamfer_loss",
+]
+
+IndexPairs = Sequence[tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights, switches and parameters of :func:`criterion` (official argument in brackets).
+
+    Weights: mask_wt 10 (``chamfer_mask_loss_wt``), pixel_wt 1 (``chamfer_texture_pixel_loss_wt``),
+    feat_wt 0.04 (``chamfer_texture_feat_loss_wt``; supplement: 0.05), nll_wt 0.05
+    (``nll_loss_wt``), flat_wt 5e-5 (used only if use_flat, ``--mesh_regularization_loss``).
+    chamfer_resolution (``chamfer_resolution``): max points per set after random subsampling;
+    None disables subsampling (and draws no random numbers; not official).
+    chunk_size: rows per Chamfer block (None = automatic, see chamfer.auto_chunk_size).
+    """
+
+    mask_wt: float = 10.0
+    pixel_wt: float = 1.0
+    feat_wt: float = 0.04
+    nll_wt: float = 0.05
+    flat_wt: float = 5e-5
+    use_mask: bool = True
+    use_pixel: bool = True
+    use_feat: bool = True
+    use_nll: bool = True
+    use_flat: bool = False
+    xy_threshold: float = 0.16
+    xy_k: float = 1.0
+    xy_alpha: float = 1.0
+    rgb_eps: float = 1.0
+    subpool_threshold: float = 0.5
+    mask_threshold: float = 0.9
+    chamfer_resolution: int | None = 8192
+    chunk_size: int | None = None
+
+    @property
+    def gate(self) -> GateParams:
+        return GateParams(xy_k=self.xy_k, xy_alpha=self.xy_alpha, xy_threshold=self.xy_threshold,
+                          rgb_eps=self.rgb_eps)
+
+
+@dataclass
+class PointSet:
+    """A padded batch of point sets: positions xy (B, N, 2), values (B, N, C), lengths (B,).
+
+    Rows ``n >= lengths[b]`` of instance b are padding (zeros).
+    """
+
+    xy: Tensor
+    values: Tensor
+    lengths: Tensor
+
+    def __len__(self) -> int:
+        return self.xy.shape[0]
+
+    def instance(self, b: int) -> tuple[Tensor, Tensor]:
+        """Unpadded (n_b, 2) positions and (n_b, C) values of instance b."""
+        n = int(self.lengths[b])
+        return self.xy[b, :n], self.values[b, :n]
+
+    def take(self, idx: Sequence[Tensor]) -> "PointSet":
+        """Per-instance row selection: idx[b] (n'_b,) indices into instance b -> new PointSet."""
+        dev = self.xy.device
+        lengths = torch.tensor([len(i) for i in idx], dtype=torch.long, device=dev)
+        width = int(lengths.max()) if len(idx) else 0
+        gather = torch.zeros((len(idx), width), dtype=torch.long, device=dev)
+        for b, i in enumerate(idx):
+            gather[b, : len(i)] = torch.as_tensor(i, device=dev)
+        xy = torch.gather(self.xy, 1, gather.unsqueeze(-1).expand(-1, -1, self.xy.shape[-1]))
+        val = torch.gather(self.values, 1, gather.unsqueeze(-1).expand(-1, -1, self.values.shape[-1]))
+        keep = (torch.arange(width, device=dev)[None, :] < lengths[:, None]).unsqueeze(-1)
+        return PointSet(xy * keep, val * keep, lengths)
+
+
+@dataclass
+class LossTargets:
+    """Per-instance constants of the losses, computed once per target by :func:`prepare_targets`.
+
+    image (B, 3, H, W) in [−1, 1]; mask (B, 1, H, W); points: target pixel positions + RGB
+    (``get_vtx_color``); feat_points: target feature-grid positions + normalised relu3_1
+    features (None when the feature term is off).
+    """
+
+    image: Tensor
+    mask: Tensor
+    points: PointSet
+    feat_points: PointSet | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# point sets
+
+
+def _mask4(mask: Tensor) -> Tensor:
+    """(B, H, W) or (B, 1, H, W) -> (B, 1, H, W)."""
+    if mask.dim() == 3:
+        return mask.unsqueeze(1)
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise ValueError(f"mask must be (B, 1, H, W) or (B, H, W), got {tuple(mask.shape)}")
+    return mask
+
+
+def mask2proj(mask: Tensor, threshold: float = 0.9, dtype: torch.dtype = torch.float32
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """Positions of the pixels with ``mask > threshold`` (official ``mask2proj``), row-major.
+
+    mask (B, 1, H, W) or (B, H, W) -> xy (B, N, 2) with xy = (2j/W − 1, −(2i/H − 1)) (pixel
+    top-left corner convention), lengths (B,), pixel (B, N) flat index i·W + j (padding: 0).
+    N is the largest count in the batch; rows past lengths[b] are zeros.
+    """
+    m = _mask4(mask)[:, 0] > threshold
+    bsz, h, w = m.shape
+    lengths = m.flatten(1).sum(1)
+    width = int(lengths.max()) if bsz else 0
+    b, i, j = torch.nonzero(m, as_tuple=True)  # lexicographic (b, i, j): row-major per instance
+    offsets = torch.cumsum(lengths, 0) - lengths
+    slot = torch.arange(b.numel(), device=m.device) - offsets[b]
+    xy = torch.zeros((bsz, width, 2), dtype=dtype, device=m.device)
+    xy[b, slot, 0] = (2 * j).to(dtype) / w - 1
+    xy[b, slot, 1] = -((2 * i).to(dtype) / h - 1)
+    pixel = torch.zeros((bsz, width), dtype=torch.long, device=m.device)
+    pixel[b, slot] = i * w + j
+    return xy, lengths, pixel
+
+
+def get_vtx_color(mask: Tensor, image: Tensor, threshold: float = 0.9) -> PointSet:
+    """Target point set (official ``get_vtx_color``): positions and exact RGB of mask pixels.
+
+    mask (B, 1, H, W), image (B, 3, H, W) in [−1, 1] -> PointSet(xy (B, N, 2), rgb (B, N, 3)).
+    """
+    xy, lengths, pixel = mask2proj(mask, threshold, dtype=image.dtype)
+    flat = image.flatten(2)  # (B, 3, H·W)
+    rgb = torch.gather(flat, 2, pixel.unsqueeze(1).expand(-1, flat.shape[1], -1)).transpose(1, 2)
+    valid = (torch.arange(xy.shape[1], device=xy.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+    return PointSet(xy, rgb * valid, lengths)
+
+
+def grid_sample_from_vtx(xy: Tensor, image: Tensor) -> Tensor:
+    """Bilinear samples of ``image`` at positions xy (official ``grid_sample_from_vtx``).
+
+    xy (B, N, 2) in the (x right, y up) convention, image (B, C, H, W) -> (B, N, C).
+    y is negated back to grid_sample's (y down) convention; ``align_corners=True``.
+    """
+    grid = torch.stack([xy[..., 0], -xy[..., 1]], dim=-1).unsqueeze(1).to(image.dtype)  # (B, 1, N, 2)
+    out = F.grid_sample(image, grid, mode="bilinear", align_corners=True)  # (B, C, 1, N)
+    return out[:, :, 0].transpose(1, 2)
+
+
+def pixel_points(image: Tensor, mask: Tensor, threshold: float = 0.9) -> PointSet:
+    """Predicted pixel point set: ``mask2proj(mask)`` positions, colours sampled from image.
+
+    image (B, 3, H, W), mask (B, 1, H, W) -> PointSet (gradients flow to image only).
+    """
+    xy, lengths, _ = mask2proj(mask, threshold, dtype=image.dtype)
+    return PointSet(xy, grid_sample_from_vtx(xy, image), lengths)
+
+
+def feature_points(features: Tensor, mask: Tensor, subpool_threshold: float = 0.5,
+                   threshold: float = 0.9) -> PointSet:
+    """Feature-grid point set: L2-normalised features at the pooled-mask positions.
+
+    features (B, C, h, w) (relu3_1), mask (B, 1, H, W) with H = s·h, W = s·w ->
+    PointSet(xy (B, N, 2) on the h×w grid, normalised features (B, N, C)).
+    The mask is s×s average-pooled and thresholded ``>= subpool_threshold``, then
+    ``mask2proj`` (``> threshold``) gives the positions.
+    """
+    mask = _mask4(mask)
+    h, w = features.shape[-2:]
+    sub = mask.shape[-2] // h
+    if sub < 1 or mask.shape[-2] != sub * h or mask.shape[-1] != sub * w:
+        raise ValueError(f"mask {tuple(mask.shape[-2:])} is not an integer multiple of the feature grid {(h, w)}")
+    pooled = (F.avg_pool2d(mask.detach().to(features.dtype), sub) >= subpool_threshold).to(features.dtype)
+    xy, lengths, _ = mask2proj(pooled, threshold, dtype=features.dtype)
+    feats = F.normalize(grid_sample_from_vtx(xy, features), dim=-1, eps=1e-12)
+    return PointSet(xy, feats, lengths)
+
+
+# --------------------------------------------------------------------------------------------
+# subsampling
+
+
+def subsample_indices(n: int, resolution: int | None, generator: torch.Generator | None = None) -> Tensor:
+    """Official random subsampling: ``randperm(n)[:min(resolution, n)]`` on the CPU (int64)."""
+    perm = torch.randperm(n, generator=generator)
+    return perm if resolution is None else perm[:resolution]
+
+
+def _draw(pred: PointSet, target: PointSet, resolution: int | None, generator: torch.Generator | None,
+          given: IndexPairs | None) -> tuple[PointSet, PointSet]:
+    """Subsample both sets per instance (drawn a then b per instance, or given)."""
+    if given is None and resolution is None:
+        return pred, target
+    bsz = len(pred)
+    if given is not None and len(given) != bsz:
+        raise ValueError(f"indices for {len(given)} instances, batch has {bsz}")
+    idx_a, idx_b = [], []
+    for b in range(bsz):
+        if given is not None:
+            ia, ib = (torch.as_tensor(t, dtype=torch.long) for t in given[b])
+        else:
+            ia = subsample_indices(int(pred.lengths[b]), resolution, generator)
+            ib = subsample_indices(int(target.lengths[b]), resolution, generator)
+        idx_a.append(ia)
+        idx_b.append(ib)
+    return pred.take(idx_a), target.take(idx_b)
+
+
+# --------------------------------------------------------------------------------------------
+# terms
+
+
+def chamfer_mask_loss(vtx_xy: Tensor, target_xy: Tensor, target_lengths: Tensor | None = None,
+                      chunk_size: int | None = None) -> Tensor:
+    """Chamfer mask loss: mean_a min_t ‖a − t‖² + mean_t min_a ‖a − t‖² (float64 → float32).
+
+    vtx_xy (B, V, 2) projected vertex xy (all vertices), target_xy (B, N, 2) target mask pixel
+    positions (padded, lengths (B,)) -> (B,) float32.
+    """
+    d_at, d_ta, _, _ = chamfer_sq(vtx_xy.double(), target_xy.double(), len_y=target_lengths,
+                                  chunk_size=chunk_size)
+    return d_at.float().mean(1) + masked_mean(d_ta.float(), target_lengths)
+
+
+def texture_chamfer_loss(pred: PointSet, target: PointSet, gate: GateParams = GateParams(), *,
+                         symmetric: bool = False, resolution: int | None = 8192,
+                         generator: torch.Generator | None = None, indices: IndexPairs | None = None,
+                         chunk_size: int | None = None) -> Tensor:
+    """Gated Chamfer texture loss in float64 after the official random subsampling.
+
+    One-way (pixel term): mean_a min_b D. Symmetric (feature term): ½(mean_a min_b D + mean_b min_a D).
+    indices: per instance (idx_a, idx_b) to use instead of drawing. Returns (B,) float64.
+    """
+    pred, target = _draw(pred, target, resolution, generator, indices)
+    d_ab, d_ba, _, _ = gated_chamfer(pred.xy.double(), pred.values.double(), target.xy.double(),
+                                     target.values.double(), gate, len_x=pred.lengths,
+                                     len_y=target.lengths, both=symmetric, chunk_size=chunk_size)
+    loss = masked_mean(d_ab, pred.lengths)
+    if symmetric:
+        loss = 0.5 * (loss + masked_mean(d_ba, target.lengths))
+    return loss
+
+
+def pixel_texture_loss(pred_image: Tensor, pred_mask: Tensor, target: PointSet,
+                       config: LossConfig = LossConfig(), *, generator: torch.Generator | None = None,
+                       indices: IndexPairs | None = None) -> Tensor:
+    """Pixel-level Chamfer texture loss (one-way, float64).
+
+    pred_image (B, 3, H, W) in [−1, 1], pred_mask (B, 1, H, W), target from :func:`get_vtx_color`
+    -> (B,) float64.
+    """
+    pred = pixel_points(pred_image, pred_mask, config.mask_threshold)
+    return texture_chamfer_loss(pred, target, config.gate, symmetric=False,
+                                resolution=config.chamfer_resolution, generator=generator,
+                                indices=indices, chunk_size=config.chunk_size)
+
+
+def feat_texture_loss(pred_features: Tensor, pred_mask: Tensor, target: PointSet,
+                      config: LossConfig = LossConfig(), *, generator: torch.Generator | None = None,
+                      indices: IndexPairs | None = None) -> Tensor:
+    """Feature-level Chamfer texture loss (symmetric, float64).
+
+    pred_features (B, 256, h, w) = VGG relu3_1 of (pred_image, pred_mask), pred_mask
+    (B, 1, H, W), target from :func:`feature_points` of the target -> (B,) float64.
+    """
+    pred = feature_points(pred_features, pred_mask, config.subpool_threshold, config.mask_threshold)
+    return texture_chamfer_loss(pred, target, config.gate, symmetric=True,
+                                resolution=config.chamfer_resolution, generator=generator,
+                                indices=indices, chunk_size=config.chunk_size)
+
+
+def nll_loss(z: Tensor) -> Tensor:
+    """Gaussian prior on the latent: z (B, L) -> mean_i z_i²/2 (B,)."""
+    return (z.pow(2) / 2).mean(dim=1)
+
+
+def flat_loss(normals: Tensor, face_adjacency: Tensor) -> Tensor:
+    """ConvMesh flatness per instance: (F/2)·Σ_{i<3} mean_f (⟨n_f, n_{ff[f,i]}⟩ − 1)².
+
+    normals (B, F, 3) unit face normals, face_adjacency (F, 3) long -> (B,). The official
+    ``loss_flat`` is the batch mean of this.
+    """
+    nf = normals.shape[1]
+    neigh = normals[:, face_adjacency.long()]  # (B, F, 3 neighbours, 3)
+    cos = (normals.unsqueeze(2) * neigh).sum(-1)  # (B, F, 3)
+    return (nf / 2) * (cos - 1).pow(2).mean(dim=1).sum(dim=1)
+
+
+def iou(pred_mask: Tensor, target_mask: Tensor) -> Tensor:
+    """Σ(M_t·M_p)/Σ(M_t + M_p − M_t·M_p) per instance; masks (B, 1, H, W) -> (B,)."""
+    p, t = _mask4(pred_mask).flatten(1), _mask4(target_mask).flatten(1)
+    inter = (t * p).sum(1)
+    return inter / (t + p - t * p).sum(1)
+
+
+# --------------------------------------------------------------------------------------------
+# criterion
+
+
+def prepare_targets(image: Tensor, mask: Tensor, config: LossConfig = LossConfig(), vgg=None) -> LossTargets:
+    """Target point sets, computed once per instance (they do not change during inversion).
+
+    image (B, 3, H, W) in [−1, 1] (the official ``(img − 0.5)·2`` of the full crop, not masked),
+    mask (B, 1, H, W) {0, 1}; vgg: :class:`.vgg.VGGRelu31`, needed when ``config.use_feat``.
+    """
+    mask = _mask4(mask).to(image.dtype)
+    points = get_vtx_color(mask, image, config.mask_threshold)
+    feat_points = None
+    if config.use_feat:
+        if vgg is None:
+            raise ValueError("the feature texture loss needs the VGG network (vgg=...) or use_feat=False")
+        with torch.no_grad():
+            feat_points = feature_points(vgg(image, mask), mask, config.subpool_threshold,
+                                         config.mask_threshold)
+    return LossTargets(image=image, mask=mask, points=points, feat_points=feat_points)
+
+
+def criterion(pred_image: Tensor, pred_mask: Tensor, targets: LossTargets, *, vtx_xy: Tensor | None = None,
+              z: Tensor | None = None, config: LossConfig = LossConfig(), vgg=None,
+              pred_features: Tensor | None = None, flat: Tensor | Callable[[], Tensor] | None = None,
+              generator: torch.Generator | None = None,
+              indices: Mapping[str, IndexPairs] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The official ``criterion`` per instance.
+
+    pred_image (B, 3, H, W) rendered image in [−1, 1]; pred_mask (B, 1, H, W) hard mask;
+    targets from :func:`prepare_targets`; vtx_xy (B, V, 2) projected vertex xy (mask term);
+    z (B, L) latent (nll term); vgg or precomputed pred_features (B, 256, H/4, W/4) (feat term);
+    flat: (B,) values or a callable returning them (flat term, if ``config.use_flat``);
+    generator: CPU generator for the subsampling (None = torch's default, as official);
+    indices: {"pixel" | "feat": [(idx_a, idx_b) per instance]} to replay recorded draws.
+
+    Returns ``(total (B,), terms)``; terms holds the unweighted (B,) value of every enabled term
+    ("mask", "pixel", "feat", "nll", "flat") and "iou" (B,) (detached, logged, not optimised).
+    ``total`` is float64 when a texture term is on. Optimise ``total.sum()``.
+    """
+    indices = indices or {}
+    pred_mask = _mask4(pred_mask)
+    terms: dict[str, Tensor] = {}
+    total = None
+
+    def add(name: str, value: Tensor, weight: float) -> None:
+        nonlocal total
+        terms[name] = value
+        total = weight * value if total is None else total + weight * value
+
+    if config.use_mask:
+        if vtx_xy is None:
+            raise ValueError("the mask term needs vtx_xy (B, V, 2)")
+        add("mask", chamfer_mask_loss(vtx_xy, targets.points.xy, targets.points.lengths,
+                                      config.chunk_size), config.mask_wt)
+    if config.use_pixel:
+        add("pixel", pixel_texture_loss(pred_image, pred_mask, targets.points, config,
+                                        generator=generator, indices=indices.get("pixel")),
+            config.pixel_wt)
+    if config.use_feat:
+        if targets.feat_points is None:
+            raise ValueError("targets have no feature points: prepare_targets(..., vgg=...) with use_feat")
+        if pred_features is None:
+            if vgg is None:
+                raise ValueError("the feature texture loss needs vgg=... or pred_features=...")
+            pred_features = vgg(pred_image, pred_mask)
+        add("feat", feat_texture_loss(pred_features, pred_mask, targets.feat_points, config,
+                                      generator=generator, indices=indices.get("feat")),
+            config.feat_wt)
+    if config.use_nll:
+        if z is None:
+            raise ValueError("the nll term needs z (B, L)")
+        add("nll", nll_loss(z), config.nll_wt)
+    if config.use_flat:
+        if flat is None:
+            raise ValueError("use_flat needs flat=(B,) values or a callable returning them")
+        value = flat() if callable(flat) else flat
+        value = torch.as_tensor(value)
+        if value.dim() == 0:
+            if pred_image.shape[0] != 1:
+                raise ValueError("flat must give one value per instance (B,) for a batch")
+            value = value.reshape(1)
+        add("flat", value, config.flat_wt)
+    if total is None:
+        total = pred_image.new_zeros(pred_image.shape[0])
+    with torch.no_grad():
+        terms["iou"] = iou(pred_mask.detach(), targets.mask)
+    return total, terms
