@@ -50,3 +50,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="meshbench")
 def main():
     """meshbench: evaluate single-view 3D reconstruction (MeshInversion, CMR-TTO, UMR-TTO)."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""``python -m bench`` = the ``bench`` command."""
+from bench.cli import main
+
+main()
