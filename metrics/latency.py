@@ -6,11 +6,9 @@ stores them in each record. This metric summarises them over every ok record of 
 (all shards):
 
 * ``total`` and ``optimize`` (and ``init`` when present): mean, median, p95, min, max seconds
-  per instance;
-  as the method reports them (a batched method may report the batch's wall time or its share);
-* ``batch_wall`` (batched runs): wall seconds of the batch each instance was part of, read from
-  ``timings.batch`` or ``info.batch_timings.total``; ``amortised``: ``batch_wall / batch_size``
-  (for unbatched runs simply ``total``);
+  per instance (for a batched run: the batch's time divided by its size);
+* ``batch_wall`` (batched runs): wall seconds of the batch each instance was part of (the record's
+  ``timings_batch.total``); ``amortised``: ``batch_wall / batch_size`` (unbatched: ``total``);
 * ``instances_per_s``: throughput of the run as it was batched, ``n / Σ amortised``.
 """
 from __future__ import annotations
@@ -43,16 +41,12 @@ def summarize(values) -> dict | None:
 def _batch_info(rec: dict) -> tuple[int, float | None]:
     """(batch size, wall seconds of the whole batch or None) of one record.
 
-    Accepts both conventions in use: ``timings.batch`` / ``timings.batch_size`` (batch wall time
-    stored per instance) and ``info.batch_timings.total`` / ``info.batch_size`` (per-instance
-    timings already divided by the batch size, the batch's own timings kept in ``info``).
+    Records keep per-instance ``timings`` (the batch's time divided by its size) and the whole
+    batch's times in ``timings_batch`` (see :class:`bench.methods.base.Reconstruction`).
     """
-    t, info = rec.get("timings") or {}, rec.get("info") or {}
-    size = t.get("batch_size") or info.get("batch_size") or rec.get("batch_size") or 1
-    size = max(1, int(size))
-    if t.get("batch") is not None:
-        return size, float(t["batch"])
-    bt = info.get("batch_timings") or {}
+    t = rec.get("timings") or {}
+    size = max(1, int(rec.get("batch_size") or 1))
+    bt = rec.get("timings_batch") or {}
     if bt.get("total") is not None:
         return size, float(bt["total"])
     if size == 1 and t.get("total") is not None:

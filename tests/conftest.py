@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests start many torch processes on a 2-core machine; spinning OpenMP threads of one process then
+# starve the others (10-100x slowdowns seen). Passive waiting keeps the suite's time predictable.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -12,7 +12,7 @@ TINY = ["--profile", "fast", "--set", "synthetic.n=3", "--set", "synthetic.image
         "--set", "ours.render_size=64", "--set", "ours.select_num=2", "--set", "ours.iterations=[1,1,1,1]",
         "--set", "ours.chamfer_resolution=512", "--quiet"]
 
-VOLATILE = ("timings", "runtime", "attempt")
+VOLATILE = ("timings", "timings_batch", "runtime", "attempt")
 
 
 def bench(*args, cwd=None, env=None, timeout=600, check=False) -> subprocess.CompletedProcess:
@@ -36,20 +36,3 @@ def load_records(run: Path) -> dict[tuple[str, str], dict]:
 def stable(rec: dict) -> dict:
     """A record without the fields that legitimately differ between runs (clock times, host, pid)."""
     return {k: v for k, v in rec.items() if k not in VOLATILE}
-
-
-def assert_close_records(a: dict, b: dict, rtol: float = 1e-4, path: str = "") -> None:
-    """Recursive equality of JSON records with a relative tolerance on floats."""
-    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, f"{path}: {type(a)} vs {type(b)}"
-    if isinstance(a, dict):
-        assert set(a) == set(b), f"{path}: keys differ {set(a) ^ set(b)}"
-        for k in a:
-            assert_close_records(a[k], b[k], rtol, f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), f"{path}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_close_records(x, y, rtol, f"{path}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        assert abs(a - b) <= rtol * max(abs(a), abs(b), 1e-6), f"{path}: {a} vs {b}"
-    else:
-        assert a == b, f"{path}: {a!r} vs {b!r}"

@@ -34,25 +34,18 @@ def test_summary_sequential():
 
 
 def test_summary_batched_throughput():
-    # two batches of 4 instances; each instance reports the batch's wall time as "batch"
+    # two batches of 4 instances: per-instance timings are the batch's share, the batch's own
+    # wall time is in the record's timings_batch
     recs = []
     for i in range(8):
-        r = _rec(i, 5.0, 4.0, batch_size=4)
-        r["timings"]["batch"] = 6.0 if i < 4 else 10.0
+        r = _rec(i, 1.5 if i < 4 else 2.5, 1.0, batch_size=4)
+        r["timings_batch"] = {"total": 6.0 if i < 4 else 10.0}
         recs.append(r)
     s = latency_summary(recs)
     assert s["instances_per_s"] == pytest.approx(8 / 16.0)
     assert s["batch_sizes"] == [4] and s["throughput_from"].startswith("batch")
     assert s["batch_wall"]["mean"] == pytest.approx(8.0) and s["amortised"]["mean"] == pytest.approx(2.0)
-    # the other convention: per-instance timings already divided, the batch's own timings in info
-    recs = []
-    for i in range(6):
-        r = _rec(i, 1.0, 0.8, batch_size=3)
-        r["info"] = {"batch_size": 3, "batch_timings": {"total": 3.0, "init": 0.6, "optimize": 2.4}}
-        recs.append(r)
-    s = latency_summary(recs)
-    assert s["instances_per_s"] == pytest.approx(1.0) and s["batch_wall"]["median"] == pytest.approx(3.0)
-    assert s["optimize"]["mean"] == pytest.approx(0.8)
+    assert s["total"]["mean"] == pytest.approx(2.0) and s["optimize"]["mean"] == pytest.approx(1.0)
 
 
 def test_latency_metric_instance_and_corpus(tmp_path):
