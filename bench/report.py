@@ -23,7 +23,9 @@ def instance_frame(runs: list[RunDir]):
 
     rows = []
     for run in runs:
-        for rec in run.iter_records():
+        listed = list(run.read_manifest().get("methods", {}))
+        order = {m: k for k, m in enumerate(listed)}
+        for rec in sorted(run.iter_records(), key=lambda r: (order.get(r["method"], len(order)), r["method"])):
             row = {"run": run.root.name, "method": rec["method"], "instance": rec["instance"], "index": rec["index"],
                    "status": rec["status"], "error": rec.get("error"), "batch_size": rec.get("batch_size"),
                    "labels": ",".join(rec.get("labels", []))}
@@ -191,7 +193,7 @@ def build_report(run_paths: list[Path], out_dir: Path | None = None) -> dict:
     """Write table.{csv,md,tex}, instances.csv, protocol.txt and plots; return what was made."""
     from bench.store import atomic_write_bytes
 
-    runs = [RunDir(p) for p in run_paths]
+    runs = [RunDir(Path(p).resolve()) for p in run_paths]
     for r in runs:
         r.read_manifest()  # one-line error when a path is not a run directory
     out_dir = Path(out_dir) if out_dir else runs[0].report_dir

@@ -244,6 +244,8 @@ class Worker:
         metrics = {}
         for metric in self.metrics:
             metrics.update(metric.instance(sample, recon))
+        if isinstance(recon.info.get("iou_init"), (int, float)):
+            metrics["iou_init"] = float(recon.info["iou_init"])  # IoU at the initial camera, as the method saw it
         artifact = self.run.save_artifact(method.name, sample.id, artifact_payload(method.name, sample, recon))
         render = self.run.render_path(method.name, sample.id)
         save_input_view_png(render, sample, recon)

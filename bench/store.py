@@ -41,8 +41,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode())
 
 
 def _json_default(obj):
@@ -107,7 +108,7 @@ class RunDir:
         return json.loads(self.manifest_path.read_text())
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.manifest_path, manifest)
+        atomic_write_json(self.manifest_path, manifest, sort_keys=False)  # keeps the --methods order
 
     # records -----------------------------------------------------------------------------------
     def read_record(self, method: str, instance: str) -> dict | None:

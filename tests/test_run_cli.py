@@ -154,3 +154,44 @@ def test_report_writes_tables_and_plots(base_run, tmp_path):
 def test_report_of_non_run_dir_exits_2(tmp_path):
     proc = bench("report", tmp_path)
     assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
+def test_ours_cmr_tto_umr_tto_run_and_report(tmp_path):
+    out = tmp_path / "three"
+    tiny_baselines = []
+    for m in ("cmr-tto", "umr-tto"):
+        tiny_baselines += ["--set", f"{m}.iterations=4", "--set", f"{m}.render_size=64"]
+    bench("run", "--methods", "ours,cmr-tto,umr-tto", "--dataset", "synthetic", "--out", out, *TINY,
+          *tiny_baselines, check=True)
+    recs = load_records(out)
+    assert {m for m, _ in recs} == {"ours", "cmr-tto", "umr-tto"}
+    assert all(r["status"] == "ok" for r in recs.values())
+    assert all("untrained" in r["labels"] for (m, _), r in recs.items() if m != "ours")
+    proc = bench("report", out, check=True)
+    for m in ("ours", "cmr-tto", "umr-tto"):
+        assert f" {m} " in proc.stdout
+
+
+def test_bad_instances_are_recorded_as_failed_and_the_run_goes_on(fixtures_dir, tmp_path):
+    import shutil
+
+    root = tmp_path / "cub"
+    shutil.copytree(fixtures_dir / "fake_cub_root" / "datasets" / "cub", root)
+    corrupt = sorted((root / "CUB_200_2011" / "images").rglob("*.png"))[1]
+    corrupt.write_bytes(b"\x89PNG garbage")
+    out = tmp_path / "run"
+    proc = bench("run", "--methods", "ours", "--dataset", "cub", "--data-root", root, "--out", out, *TINY,
+                 "--num-workers", "0", check=True)
+    recs = load_records(out)
+    status = {inst: r["status"] for (_, inst), r in recs.items()}
+    assert sorted(status.values()) == ["failed", "ok"], status
+    failed = next(r for r in recs.values() if r["status"] == "failed")
+    assert "loading failed" in failed["error"] and corrupt.name in failed["error"]
+    assert "1 ok, 1 failed" in proc.stderr
+    # a rerun with --retries re-attempts only the failure (still failing: attempt 2), keeps the ok one
+    ok_before = next(r for r in recs.values() if r["status"] == "ok")["runtime"]["finished"]
+    bench("run", "--methods", "ours", "--dataset", "cub", "--data-root", root, "--out", out, *TINY,
+          "--num-workers", "0", "--retries", "1", check=True)
+    recs = load_records(out)
+    assert next(r for r in recs.values() if r["status"] == "failed")["attempt"] == 2
+    assert next(r for r in recs.values() if r["status"] == "ok")["runtime"]["finished"] == ok_before
