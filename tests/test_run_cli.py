@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness_utils import TINY, bench, load_records, stable
+from harness_utils import TINY, TINY_OURS, bench, load_records, stable
 
 # Every run in these comparisons uses one intra-op thread, as each of N CPU shard workers does, so
 # float reductions are identical and records must agree exactly.
@@ -180,7 +180,7 @@ def test_bad_instances_are_recorded_as_failed_and_the_run_goes_on(fixtures_dir, 
     corrupt = sorted((root / "CUB_200_2011" / "images").rglob("*.png"))[1]
     corrupt.write_bytes(b"\x89PNG garbage")
     out = tmp_path / "run"
-    proc = bench("run", "--methods", "ours", "--dataset", "cub", "--data-root", root, "--out", out, *TINY,
+    proc = bench("run", "--methods", "ours", "--dataset", "cub", "--data-root", root, "--out", out, *TINY_OURS,
                  "--num-workers", "0", check=True)
     recs = load_records(out)
     status = {inst: r["status"] for (_, inst), r in recs.items()}
@@ -190,7 +190,7 @@ def test_bad_instances_are_recorded_as_failed_and_the_run_goes_on(fixtures_dir, 
     assert "1 ok, 1 failed" in proc.stderr
     # a rerun with --retries re-attempts only the failure (still failing: attempt 2), keeps the ok one
     ok_before = next(r for r in recs.values() if r["status"] == "ok")["runtime"]["finished"]
-    bench("run", "--methods", "ours", "--dataset", "cub", "--data-root", root, "--out", out, *TINY,
+    bench("run", "--methods", "ours", "--dataset", "cub", "--data-root", root, "--out", out, *TINY_OURS,
           "--num-workers", "0", "--retries", "1", check=True)
     recs = load_records(out)
     assert next(r for r in recs.values() if r["status"] == "failed")["attempt"] == 2
