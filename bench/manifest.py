@@ -6,7 +6,6 @@ import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -19,14 +18,22 @@ PACKAGES = ("meshbench", "torch", "torchvision", "torch-fidelity", "numpy", "sci
 PROTOCOL_KEYS = ("dataset", "seed", "profile")
 
 
-@lru_cache(maxsize=64)
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file (cached per path for the process)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, streamed; memoised on (resolved path, size, mtime) since weight files are
+    hundreds of MB and hashed by several components of a run."""
+    resolved = Path(path).resolve()
+    st = resolved.stat()
+    key = (str(resolved), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(resolved, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def package_versions() -> dict[str, str | None]:

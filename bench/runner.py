@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import registry
-from bench.config import build_config, config_to_dict
+from bench.config import build_config
 from bench.errors import UserError
 from bench.methods_spec import base_name
 from bench.store import RunDir

@@ -29,7 +29,7 @@ from bench.errors import UserError
 __all__ = [
     "LayoutRow", "load_mat", "struct_list", "field", "bbox_of", "parts_of", "mask_of",
     "read_annotations", "read_sfm", "quaternion_from_matrix", "sfm_to_pose", "check_layout",
-    "file_sha256", "missing_message",
+    "missing_message",
 ]
 
 
@@ -247,17 +247,6 @@ def sfm_to_pose(sfm: dict) -> tuple[float, np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------
 # layout checking
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (streamed), for the run manifest's dataset fingerprint."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def missing_message(what: str, root: Path, rows: list[LayoutRow], layout: str, hint: str = "") -> str:

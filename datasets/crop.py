@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["pad_bbox", "square_bbox", "crop", "resize", "process_instance", "to_float32",
-           "read_image", "read_mask_npy", "check_mask_shape"]
+           "read_image", "read_mask_npy", "check_mask_shape", "load_cmr_instance"]
 
 
 def pad_bbox(bbox, pad_frac: float = 0.05) -> list[float]:
@@ -210,3 +210,37 @@ def check_mask_shape(mask: np.ndarray, image: np.ndarray, mask_desc: str, image_
         raise InstanceError(
             f"{mask_desc} has shape {'x'.join(map(str, mask.shape))} but image {image_path} is "
             f"{image.shape[0]}x{image.shape[1]} (H x W); the mask must have the original image's size")
+
+
+def load_cmr_instance(img_path, rec: dict, sfm: dict, pred_mask_path, anno_desc: str, config) -> dict:
+    """Read and process one instance of a CMR-format dataset (CUB, PASCAL3D+), float64.
+
+    Args:
+        img_path: the photo.
+        rec: the parsed annotation record (``bbox``, ``parts``, ``mask``).
+        sfm: the parsed SfM record (``rot``, ``scale``, ``trans``).
+        pred_mask_path: ``<index>.npy`` of the predicted mask, or None to use the annotation mask.
+        anno_desc: how to name the annotation in errors, e.g. ``"entry 3 of test_cub_cleaned.mat"``.
+        config: the dataset config (``image_size``, ``padding_frac``, ``mask_threshold``).
+    Returns:
+        :func:`process_instance`'s arrays plus ``img_path``. Raises for a per-instance problem
+        (missing or corrupt photo, missing or wrongly sized mask).
+    """
+    from bench.datasets.cmr_mat import sfm_to_pose
+    from bench.errors import InstanceError
+
+    image = read_image(img_path)
+    if pred_mask_path is not None:
+        mask = read_mask_npy(pred_mask_path)
+        check_mask_shape(mask, image, f"predicted mask {pred_mask_path}", img_path)
+    else:
+        mask = rec["mask"]
+        if mask is None:
+            raise InstanceError(f"{anno_desc} has no mask")
+        check_mask_shape(mask, image, f"annotation mask of {anno_desc}", img_path)
+    scale, trans, quat = sfm_to_pose(sfm)
+    out = process_instance(image, mask, rec["bbox"], rec["parts"], scale, trans, quat,
+                           img_size=int(config.image_size), pad_frac=config.padding_frac,
+                           mask_threshold=config.mask_threshold)
+    out["img_path"] = str(img_path)
+    return out

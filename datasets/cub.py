@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.datasets.base import Dataset, Sample
-from bench.datasets.cmr_mat import (LayoutRow, file_sha256, missing_message, read_annotations,
-                                    read_sfm, sfm_to_pose)
-from bench.datasets.crop import check_mask_shape, process_instance, read_image, read_mask_npy, to_float32
+from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_sfm
+from bench.datasets.crop import load_cmr_instance, to_float32
 from bench.errors import InstanceError, UserError
+from bench.manifest import sha256_file
 
 LAYOUT = ("<data_root>/{CUB_200_2011/images/, CUB_200_2011/images.txt, CUB_200_2011/image_class_labels.txt, "
           "cache/data/<split>_cub_cleaned.mat, cache/sfm/anno_<split>.mat, cache/cmr_pred_cam.pth, "
@@ -259,28 +259,13 @@ class CUBDataset(Dataset):
             int, ``pose`` (7,) float64 = the camera the inversion starts from, ``camera_source``,
             ``class_id``, ``img_path``.
         """
-        cfg = self.config
-        rec, sfm = self.records[i], self.sfm[i]
-        img_path = self.image_path(i)
-        image = read_image(img_path)
-        if cfg.mask == "predicted":
-            mask_path = self._paths["pred_masks"] / f"{i}.npy"
-            mask = read_mask_npy(mask_path)
-            check_mask_shape(mask, image, f"predicted mask {mask_path}", img_path)
-        else:
-            mask = rec["mask"]
-            if mask is None:
-                raise InstanceError(f"annotation {i} of {self._paths['anno'].name} has no mask")
-            check_mask_shape(mask, image, f"annotation mask of entry {i}", img_path)
-        scale, trans, quat = sfm_to_pose(sfm)
-        out = process_instance(image, mask, rec["bbox"], rec["parts"], scale, trans, quat,
-                               img_size=int(cfg.image_size), pad_frac=cfg.padding_frac,
-                               mask_threshold=cfg.mask_threshold)
+        pred = self._paths["pred_masks"] / f"{i}.npy" if self.config.mask == "predicted" else None
+        out = load_cmr_instance(self.image_path(i), self.records[i], self.sfm[i], pred,
+                                f"entry {i} of {self._paths['anno'].name}", self.config)
         source = self.camera_sources[i]
         out["pose"] = self.cmr[i][0].copy() if source == "cmr-pred" else out["sfm_pose"].copy()
         out["camera_source"] = source
         out["class_id"] = self.class_id(i)
-        out["img_path"] = str(img_path)
         return out
 
     def load(self, i: int) -> Sample:
@@ -307,7 +292,7 @@ class CUBDataset(Dataset):
         """Manifest fields: config, resolved root, counts, camera-source split and index sha256."""
         if self._fingerprint is None:
             keys = ["anno", "sfm"] + (["cmr_cams"] if self.config.camera == "cmr-pred" else [])
-            self._fingerprint = {str(self._paths[k].relative_to(self.root)): file_sha256(self._paths[k])
+            self._fingerprint = {str(self._paths[k].relative_to(self.root)): sha256_file(self._paths[k])
                                  for k in keys}
         info = super().describe()
         info.update({

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.datasets.base import Dataset, Sample
-from bench.datasets.cmr_mat import (LayoutRow, file_sha256, missing_message, read_annotations,
-                                    read_sfm, sfm_to_pose)
-from bench.datasets.crop import check_mask_shape, process_instance, read_image, read_mask_npy, to_float32
-from bench.errors import InstanceError, UserError
+from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_sfm
+from bench.datasets.crop import load_cmr_instance, to_float32
+from bench.errors import UserError
+from bench.manifest import sha256_file
 
 IMAGES_DIR = "PASCAL3D+_release1.1"
 LAYOUT = ("<data_root>/{PASCAL3D+_release1.1/Images/<category>_pascal|<category>_imagenet/, "
@@ -165,25 +165,10 @@ class P3DDataset(Dataset):
     def load_float64(self, i: int) -> dict[str, Any]:
         """Instance ``i`` as float64 arrays: ``img`` (3,S,S), ``mask`` (S,S), ``kp`` (K,3),
         ``sfm_pose`` (7,), ``crop_bbox`` (4,) int, ``pose`` (7,) (= sfm_pose), ``img_path``."""
-        cfg = self.config
-        rec, sfm = self.records[i], self.sfm[i]
-        img_path = self.image_path(i)
-        image = read_image(img_path)
-        if cfg.mask == "predicted":
-            mask_path = self.pred_dir / f"{i}.npy"
-            mask = read_mask_npy(mask_path)
-            check_mask_shape(mask, image, f"predicted mask {mask_path}", img_path)
-        else:
-            mask = rec["mask"]
-            if mask is None:
-                raise InstanceError(f"annotation {i} of {self.anno_path.name} has no mask")
-            check_mask_shape(mask, image, f"annotation mask of entry {i}", img_path)
-        scale, trans, quat = sfm_to_pose(sfm)
-        out = process_instance(image, mask, rec["bbox"], rec["parts"], scale, trans, quat,
-                               img_size=int(cfg.image_size), pad_frac=cfg.padding_frac,
-                               mask_threshold=cfg.mask_threshold)
+        pred = self.pred_dir / f"{i}.npy" if self.config.mask == "predicted" else None
+        out = load_cmr_instance(self.image_path(i), self.records[i], self.sfm[i], pred,
+                                f"entry {i} of {self.anno_path.name}", self.config)
         out["pose"] = out["sfm_pose"].copy()
-        out["img_path"] = str(img_path)
         return out
 
     def load(self, i: int) -> Sample:
@@ -210,7 +195,7 @@ class P3DDataset(Dataset):
     def describe(self) -> dict[str, Any]:
         """Manifest fields: config, resolved folders, instance count, index sha256."""
         if self._fingerprint is None:
-            self._fingerprint = {str(p.relative_to(self.anno_dir)): file_sha256(p)
+            self._fingerprint = {str(p.relative_to(self.anno_dir)): sha256_file(p)
                                  for p in (self.anno_path, self.sfm_path)}
         info = super().describe()
         info.update({

@@ -30,6 +30,8 @@ the protocol says (see :mod:`bench.metrics.fid`).
 """
 from __future__ import annotations
 
+from bench.manifest import sha256_file
+
 import hashlib
 import os
 from dataclasses import dataclass
@@ -202,22 +204,6 @@ def resolve_weights(name: str, weights_path: str | os.PathLike | None = None) ->
     return path
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex digest of a file (memoised on path, size and mtime)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
-
-
 class FeatureExtractor:
     """A loaded torch-fidelity feature extractor (created once, used for every image set).
 
@@ -252,7 +238,7 @@ class FeatureExtractor:
 
     @property
     def weights_sha256(self) -> str | None:
-        return file_sha256(self.weights_path) if self.weights_path is not None else None
+        return sha256_file(self.weights_path) if self.weights_path is not None else None
 
     def fingerprint(self) -> str:
         """Short id of (extractor, feature layer, weights) for feature cache keys."""

@@ -48,7 +48,7 @@ def run(methods, dataset, data_root, split, limit, device, out, batch_size, prof
         slurm_opts, retries, seed, num_workers, quiet):
     """Run METHODS on DATASET; rerun the same command to resume (finished instances are skipped)."""
     from bench import launch, registry
-    from bench.config import config_to_dict, parse_sets
+    from bench.config import parse_sets
     from bench.errors import UserError
     from bench.manifest import merge_manifest, new_manifest
     from bench.methods_spec import parse_methods

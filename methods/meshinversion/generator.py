@@ -20,7 +20,6 @@ Public API:
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
+from bench.manifest import sha256_file
 
 LATENT_DIM = 64
 N_CLASSES = 200
@@ -268,14 +268,6 @@ def _short_list(keys, limit: int = 4) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _extract_state_dict(obj, path: Path) -> dict:
     if isinstance(obj, dict) and "generator_running_avg" in obj:
         obj = obj["generator_running_avg"]
@@ -350,7 +342,7 @@ def load_generator(path, device="cpu", texture_resolution: int | None = None) ->
                         f"generator (texture {res}) {tuple(expected[k].shape)}"
                         + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "") + f"; {_EXPECTED_FORMAT}")
     model.load_state_dict(state, strict=True)
-    return _finish(model, device, path.name, _sha256(path))
+    return _finish(model, device, path.name, sha256_file(path))
 
 
 # --------------------------------------------------------------------------------------------

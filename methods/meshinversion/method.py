@@ -15,8 +15,6 @@ Weights policy (recorded in every record's ``info`` and in :meth:`describe`):
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UserError
+from bench.manifest import sha256_file
 from bench.methods.base import Method, Reconstruction, TexturedMesh
 
 from .config import PROFILES, InversionConfig
@@ -33,21 +32,6 @@ from .render import render
 
 #: seed of the random VGG19 used when no weights file exists (demo generator only).
 RANDOM_VGG_SEED = 123
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_cached(path: str, size: int, mtime: float) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    """sha256 of a weight file (cached per path, size and mtime: the VGG file is 548 MB)."""
-    st = Path(path).stat()
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime)
 
 
 def random_vgg19_relu3_1(seed: int = RANDOM_VGG_SEED):
@@ -114,7 +98,7 @@ class MeshInversionMethod(Method):
             return random_vgg19_relu3_1(RANDOM_VGG_SEED).to(device)
         model = vgg_mod.load_vgg19_relu3_1(path, disable_hint="or disable the term with --set ours.feat_loss=false")
         model = model.to(device)
-        sha = _sha256(path)
+        sha = sha256_file(path)
         self.feature_term = f"vgg19 weights {path.name} sha256:{sha[:12]}"
         self.vgg_source = {"path": str(path), "sha256": sha}
         return model
@@ -195,7 +179,7 @@ class MeshInversionMethod(Method):
         out = super().describe()
         kind, path = self._vgg_plan()
         if kind == "file" and "vgg_weights" not in out["weights"]:
-            out["weights"]["vgg19"] = {"path": str(path.resolve()), "sha256": _sha256(path)}
+            out["weights"]["vgg19"] = {"path": str(path.resolve()), "sha256": sha256_file(path)}
         out["feature_term"] = {"off": "off", "random": "random vgg19 (no weights file)",
                                "missing": f"missing ({path})"}.get(kind, f"vgg19 weights {path}")
         if self.inverter is not None:
