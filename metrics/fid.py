@@ -287,6 +287,12 @@ class FIDEngine:
             tick()
         return real, fake
 
+    def _write_views(self, paths: list[Path], mesh) -> None:
+        """Render the 12 canonical views of ``mesh`` (artifact dict) into ``paths`` (one per angle)."""
+        views = render_canonical_views(mesh, FID12_ANGLES, size=self.opts.view_size, device=self.opts.device)
+        for p, v in zip(paths, views):
+            write_png(p, v)
+
     def view_images(self, method: str, angles=FID12_ANGLES) -> list[Path]:
         """PNG paths of the canonical views (instance-major, then angle) of every ok record."""
         recs = self.ctx.ok_records(method)
@@ -298,11 +304,7 @@ class FIDEngine:
             paths = [folder / f"{inst}_{a:03d}.png" for a in FID12_ANGLES]
             art_path = self.run.artifact_path(method, inst)
             if any(self._stale(p, art_path) for p in paths):
-                art = self.run.load_artifact(method, inst)
-                views = render_canonical_views(art["mesh"], FID12_ANGLES, size=self.opts.view_size,
-                                               device=self.opts.device)
-                for p, v in zip(paths, views):
-                    write_png(p, v)
+                self._write_views(paths, self.run.load_artifact(method, inst)["mesh"])
             out += [folder / f"{inst}_{a:03d}.png" for a in angles]
             tick()
         return out
@@ -325,10 +327,7 @@ class FIDEngine:
                 if not gt or gt.get("vertices") is None:
                     tick()
                     continue
-                views = render_canonical_views(gt_mesh(gt), FID12_ANGLES, size=self.opts.view_size,
-                                               device=self.opts.device)
-                for p, v in zip(paths, views):
-                    write_png(p, v)
+                self._write_views(paths, gt_mesh(gt))
             out += [folder / f"{inst}_{a:03d}.png" for a in angles]
             tick()
         return out
