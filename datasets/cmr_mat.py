@@ -29,7 +29,7 @@ from bench.errors import UserError
 __all__ = [
     "LayoutRow", "load_mat", "struct_list", "field", "bbox_of", "parts_of", "mask_of",
     "read_annotations", "read_sfm", "quaternion_from_matrix", "sfm_to_pose", "check_layout",
-    "missing_message",
+    "missing_message", "read_index_rows",
 ]
 
 
@@ -285,3 +285,22 @@ def check_layout(dataset_name: str, data_root: str | Path, split: str | None = N
     else:
         raise UserError(f"unknown dataset {dataset_name!r} for data check; available: cub, p3d")
     return mod.check_layout(data_root, split)
+
+
+def read_index_rows(rows: dict, readers: dict) -> tuple[list, int | None]:
+    """For `bench data check`: read every present index file, note its entry count (or mark it
+    unreadable) in its :class:`LayoutRow`, in place. Returns the ``"anno"`` records and their count."""
+    records, count = [], None
+    for key, read in readers.items():
+        r = rows[key]
+        if not r.present:
+            continue
+        try:
+            items = read()
+        except UserError as err:
+            rows[key] = r._replace(present=False, detail=f"{r.detail}: unreadable: {err}")
+            continue
+        rows[key] = r._replace(detail=f"{r.detail}: {len(items)} entries")
+        if key == "anno":
+            records, count = items, len(items)
+    return records, count

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.datasets.base import Dataset, Sample
-from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_sfm
+from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_index_rows, read_sfm
 from bench.datasets.crop import load_cmr_instance, to_float32
 from bench.errors import InstanceError, UserError
 from bench.manifest import sha256_file
@@ -319,22 +319,9 @@ def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[
         raise UserError(f"{root} is not a CUB data root: none of the expected files is there "
                         f"(expected layout: {LAYOUT})")
     p = _paths(root, split)
-    count = None
     readers = {"anno": lambda: read_annotations(p["anno"], keep_mask=False),
                "sfm": lambda: read_sfm(p["sfm"]), "cmr_cams": lambda: read_cmr_cams(p["cmr_cams"])}
-    records: list = []
-    for key, read in readers.items():
-        r = rows[key]
-        if not r.present:
-            continue
-        try:
-            items = read()
-        except UserError as err:
-            rows[key] = r._replace(present=False, detail=f"{r.detail}: unreadable: {err}")
-            continue
-        rows[key] = r._replace(detail=f"{r.detail}: {len(items)} entries")
-        if key == "anno":
-            records, count = items, len(items)
+    records, count = read_index_rows(rows, readers)
     if records:
         if rows["images"].present:
             found = sum((p["images"] / rec["rel_path"]).is_file() for rec in records)

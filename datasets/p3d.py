@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.datasets.base import Dataset, Sample
-from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_sfm
+from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_index_rows, read_sfm
 from bench.datasets.crop import load_cmr_instance, to_float32
 from bench.errors import UserError
 from bench.manifest import sha256_file
@@ -223,21 +223,8 @@ def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[
     if not any(r.present for k, r in rows.items() if k != "pred_masks"):
         raise UserError(f"{root} is not a PASCAL3D+ data root: none of the expected files is there "
                         f"(expected layout: {LAYOUT})")
-    count = None
-    records: list = []
-    for key, read in (("anno", lambda: read_annotations(rows["anno"].path, keep_mask=False)),
-                      ("sfm", lambda: read_sfm(rows["sfm"].path))):
-        r = rows[key]
-        if not r.present:
-            continue
-        try:
-            items = read()
-        except UserError as err:
-            rows[key] = r._replace(present=False, detail=f"{r.detail}: unreadable: {err}")
-            continue
-        rows[key] = r._replace(detail=f"{r.detail}: {len(items)} entries")
-        if key == "anno":
-            records, count = items, len(items)
+    records, count = read_index_rows(rows, {"anno": lambda: read_annotations(rows["anno"].path, keep_mask=False),
+                                            "sfm": lambda: read_sfm(rows["sfm"].path)})
     out = []
     for key, r in rows.items():
         if key == "pred_masks" and not r.present:

@@ -24,3 +24,15 @@ def fixtures_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"fixture folder {path} not found; set MESHBENCH_FIXTURES to the shared/fixtures folder")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of small-tensor tests (use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

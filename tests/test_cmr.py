@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from factories import manifest_state_dict
 import torch
 
 from bench.errors import UserError
@@ -14,26 +15,8 @@ from bench.render.camera import project, split_camera
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: avoids OpenMP spin-waiting on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def manifest_state_dict(path, drop_counters=False, fill=True):
-    """A state dict with every key and shape of a manifest; values k/97 (distinct per key)."""
-    shapes = json.loads(path.read_text())["state_dict"]
-    out = {}
-    for i, (key, shape) in enumerate(shapes.items()):
-        if key.endswith("num_batches_tracked"):
-            if not drop_counters:
-                out[key] = torch.tensor(7, dtype=torch.int64)
-            continue
-        out[key] = torch.full(shape, (i % 97) / 97.0) if fill else torch.zeros(shape)
-    return out
 
 
 @pytest.fixture(scope="module")

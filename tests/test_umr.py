@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from factories import manifest_state_dict
 import torch
 
 from bench.errors import UserError
@@ -15,26 +16,8 @@ from bench.methods.umr.nets import UMRMeshNet, choose_hypothesis
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: avoids OpenMP spin-waiting on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def manifest_state_dict(path, uv_batch=None, fill=True):
-    shapes = json.loads(path.read_text())["state_dict"]
-    out = {}
-    for i, (key, shape) in enumerate(shapes.items()):
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.tensor(3, dtype=torch.int64)
-            continue
-        if key == "uv_sampler" and uv_batch is not None:
-            shape = [uv_batch] + shape[1:]
-        out[key] = torch.full(shape, (i % 89) / 89.0) if fill else torch.zeros(shape)
-    return out
 
 
 @pytest.fixture(scope="module")
