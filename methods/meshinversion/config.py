@@ -12,6 +12,10 @@ from typing import Optional
 
 from bench.errors import UserError
 
+from .losses import LossConfig
+
+_LOSS = LossConfig()
+
 
 @dataclass
 class InversionConfig:
@@ -93,19 +97,20 @@ class InversionConfig:
     stale_outputs: bool = False
     update_pose: bool = True
 
-    mask_loss_weight: float = 10.0
-    pixel_loss_weight: float = 1.0
-    feat_loss_weight: float = 0.04
-    nll_loss_weight: float = 0.05
-    mesh_regularization: bool = False
-    flat_loss_weight: float = 5e-5
-    chamfer_resolution: int = 8192
-    xy_threshold: float = 0.16
-    xy_k: float = 1.0
-    xy_alpha: float = 1.0
-    rgb_eps: float = 1.0
-    mask_threshold: float = 0.9
-    subpool_threshold: float = 0.5
+    # Loss defaults come from the one table in losses.LossConfig (exposed here under CLI names).
+    mask_loss_weight: float = _LOSS.mask_wt
+    pixel_loss_weight: float = _LOSS.pixel_wt
+    feat_loss_weight: float = _LOSS.feat_wt
+    nll_loss_weight: float = _LOSS.nll_wt
+    mesh_regularization: bool = _LOSS.use_flat
+    flat_loss_weight: float = _LOSS.flat_wt
+    chamfer_resolution: int = _LOSS.chamfer_resolution
+    xy_threshold: float = _LOSS.xy_threshold
+    xy_k: float = _LOSS.xy_k
+    xy_alpha: float = _LOSS.xy_alpha
+    rgb_eps: float = _LOSS.rgb_eps
+    mask_threshold: float = _LOSS.mask_threshold
+    subpool_threshold: float = _LOSS.subpool_threshold
 
     render_size: int = 256
 
