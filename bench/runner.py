@@ -75,9 +75,10 @@ def build_method(spec: str, opts: RunOptions):
 
 
 def check_overrides(opts: RunOptions) -> None:
-    """Every ``--set OWNER.key`` must name the dataset or one of the methods."""
+    """Every ``--set OWNER.key`` must name the dataset or one of the methods (dataset overrides are
+    already split off, so only the method owners need checking)."""
     owners = {opts.dataset, *opts.methods, *(base_name(m) for m in opts.methods)}
-    for owner in list(opts.dataset_overrides and [opts.dataset]) + list(opts.method_overrides):
+    for owner in opts.method_overrides:
         if owner not in owners:
             raise UserError(f"--set {owner}.…: {owner!r} is neither the dataset nor a method of this run "
                             f"({', '.join(sorted(owners))})")

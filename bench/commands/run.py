@@ -83,12 +83,13 @@ def run(methods, dataset, data_root, split, limit, device, out, batch_size, prof
     if len(ds) == 0:
         raise UserError(f"dataset {dataset!r} yields no instances (check --data-root and --split)")
     described = {spec: build_method(spec, opts).describe() for spec in specs}
+    ds_info = ds.describe()
     run_dir = RunDir(out)
     manifest = new_manifest(
-        dataset={**ds.describe(), "instances": len(ds) if limit is None else min(limit, len(ds))},
+        dataset={**ds_info, "instances": len(ds) if limit is None else min(limit, len(ds))},
         methods=described,
         metrics={"iou": {"formula": "sum(Mt*Mp)/sum(Mt+Mp-Mt*Mp), masks not thresholded",
-                         "against": ds.describe().get("mask", ds.describe().get("mask_source", "sample mask"))},
+                         "against": ds_info.get("mask", ds_info.get("mask_source", "sample mask"))},
                  "latency": {"clock": "wall, CUDA-synchronised", "warmup": "one untimed warm-up per worker"}},
         device=device, seed=seed, profile=profile, limit=limit, command=["bench", *sys.argv[1:]])
     run_dir.write_manifest(merge_manifest(run_dir.read_manifest() if run_dir.exists() else None, manifest, out))
