@@ -13,6 +13,32 @@ from typing import Any
 from bench.errors import UserError, did_you_mean
 
 
+class ConfigError(UserError):
+    """A config value out of range; the message starts with the field name. `build_config` prefixes
+    the owner (``ours.select_num must be >= 1, got 0``)."""
+
+
+def option(default=dataclasses.MISSING, help: str = "", **kwargs):  # noqa: A002 - mirrors click
+    """A config field with its one-line help (read by ``bench config``, the docs and ``--help``).
+
+    Mutable defaults (lists, dicts) become a ``default_factory`` copying them.
+    """
+    metadata = {**kwargs.pop("metadata", {}), "help": help}
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def require(ok: bool, field_name: str, expectation: str, value) -> None:
+    """The one validation style of every config: raise `ConfigError` unless ``ok``.
+
+    >>> require(3 >= 1, "select_num", "must be >= 1", 3)
+    """
+    if not ok:
+        raise ConfigError(f"{field_name} {expectation}, got {value!r}")
+
+
 def _coerce(value: str, annotation, field_name: str):
     """Parse a CLI string into the type of a dataclass field (bool, int, float, str, list, tuple)."""
     hint = annotation if not isinstance(annotation, str) else None
@@ -60,8 +86,13 @@ def _hints(cls) -> dict[str, Any]:
 
 
 def build_config(cls, profile: str | None = None, profiles: dict | None = None,
-                 overrides: dict[str, str] | None = None, owner: str = ""):
-    """Instantiate dataclass ``cls`` from defaults, then the named profile, then string overrides."""
+                 overrides: dict[str, Any] | None = None, owner: str = ""):
+    """Instantiate dataclass ``cls`` from defaults, then the named profile, then overrides.
+
+    Overrides are CLI strings (parsed into the field's type) or already-typed values (from a
+    ``--config`` file). The config's own ``__post_init__`` validation runs here, so every bad value
+    is reported (as one line naming ``owner.field``) before a run writes anything.
+    """
     values: dict[str, Any] = {}
     if profile:
         table = profiles or {}
@@ -73,8 +104,32 @@ def build_config(cls, profile: str | None = None, profiles: dict | None = None,
     for key, raw in (overrides or {}).items():
         if key not in names:
             raise UserError(f"unknown option {owner + '.' if owner else ''}{key}{did_you_mean(key, names)}")
-        values[key] = _coerce(raw, hints.get(key), f"{owner}.{key}" if owner else key)
-    return cls(**values)
+        label = f"{owner}.{key}" if owner else key
+        values[key] = _coerce(raw if isinstance(raw, str) else json.dumps(raw), hints.get(key), label)
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise UserError(f"{owner + '.' if owner else ''}{err}") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"invalid options for {owner or cls.__name__}: {err}") from None
+
+
+def field_table(cls, profiles: dict | None = None, profile: str | None = None) -> list[dict[str, Any]]:
+    """One row per config field: name, type, default, the profile's value, one-line help."""
+    hints = _hints(cls)
+    chosen = (profiles or {}).get(profile or "", {})
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        hint = hints.get(f.name, f.type)
+        rows.append({"name": f.name, "type": getattr(hint, "__name__", None) or str(hint).replace("typing.", ""),
+                     "default": default, "value": chosen.get(f.name, default), "help": f.metadata.get("help", "")})
+    return rows
 
 
 def parse_sets(items) -> dict[str, dict[str, str]]:

@@ -7,12 +7,17 @@ import torch
 def mask_iou(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """IoU = Σ(M_t·M_p) / Σ(M_t + M_p − M_t·M_p) per instance, masks NOT thresholded.
 
+    The project's one IoU: methods (candidate scores, fit IoU), the runner's records and the metrics
+    all call this. An empty union (both masks empty) gives 0, not NaN.
+
     Args:
-        target: (B,H,W) or (H,W) target mask in {0,1} (the sample's mask: predicted or GT, as recorded).
-        pred: same shape, rendered hard mask (values 0 or ~1 ± 1 ulp, used as they are).
+        target: (B,1,H,W), (B,H,W) or (H,W) target mask in {0,1} (the sample's mask: predicted or GT).
+        pred: same shape, rendered mask (hard masks hold 0 or ~1 ± 1 ulp; used as they are).
     Returns:
-        (B,) or scalar float tensor.
+        (B,) float tensor, or a scalar for (H,W) inputs.
     """
+    if target.dim() == 4:
+        target, pred = target[:, 0], pred[:, 0]
     t = target.float()
     p = pred.float()
     dims = (-2, -1)
