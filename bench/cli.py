@@ -20,6 +20,7 @@ COMMANDS = {
     "sample": ("bench.commands.sample:sample", "Sample meshes from the generator (.obj + texture + views)."),
     "data": ("bench.commands.data:data", "Dataset utilities (bench data check)."),
     "profile": ("bench.commands.profile:profile", "Per-stage timing of one method iteration."),
+    "config": ("bench.commands.config:config", "Every config field of a method or dataset (default, profile, help)."),
 }
 
 

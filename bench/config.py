@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from typing import Any
 
 from bench.errors import UserError, did_you_mean
+
+
+#: The run-wide profiles: ``paper`` = what the released code runs, ``fast`` = CPU-friendly. A
+#: component's ``profiles`` gives its field values under each; one it does not list means its defaults.
+PROFILES = ("paper", "fast")
 
 
 class ConfigError(UserError):
@@ -51,7 +57,7 @@ def _coerce(value: str, annotation, field_name: str):
         return parsed
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin is typing.Union and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
         if parsed is None or text.lower() == "none":
             return None
         return _coerce(value, args[0], field_name)
@@ -96,7 +102,7 @@ def build_config(cls, profile: str | None = None, profiles: dict | None = None,
     values: dict[str, Any] = {}
     if profile:
         table = profiles or {}
-        if profile not in table and profile != "paper":
+        if profile not in table and profile not in PROFILES:
             raise UserError(f"unknown profile {profile!r} for {owner or cls.__name__}{did_you_mean(profile, table)}")
         values.update(table.get(profile, {}))
     hints = _hints(cls)
@@ -114,6 +120,16 @@ def build_config(cls, profile: str | None = None, profiles: dict | None = None,
         raise UserError(f"invalid options for {owner or cls.__name__}: {err}") from None
 
 
+def type_name(hint) -> str:
+    """``int``, ``float | None``, ``list[int]`` ... of a type hint, for people."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args).replace("NoneType", "None")
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
 def field_table(cls, profiles: dict | None = None, profile: str | None = None) -> list[dict[str, Any]]:
     """One row per config field: name, type, default, the profile's value, one-line help."""
     hints = _hints(cls)
@@ -126,8 +142,7 @@ def field_table(cls, profiles: dict | None = None, profile: str | None = None) -
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = None
-        hint = hints.get(f.name, f.type)
-        rows.append({"name": f.name, "type": getattr(hint, "__name__", None) or str(hint).replace("typing.", ""),
+        rows.append({"name": f.name, "type": type_name(hints.get(f.name, f.type)),
                      "default": default, "value": chosen.get(f.name, default), "help": f.metadata.get("help", "")})
     return rows
 

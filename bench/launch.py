@@ -53,8 +53,11 @@ def local_device(opts: RunOptions) -> str:
     return opts.device
 
 
-def run_shard(opts: RunOptions, shard: int, num_shards: int, progress: bool = True) -> dict:
-    """Run one shard in this process (the unit every launcher schedules)."""
+def run_shard(opts: RunOptions, shard: int, num_shards: int, progress: bool = True, components=None) -> dict:
+    """Run one shard in this process (the unit every launcher schedules).
+
+    ``components``: ``(dataset, {spec: method})`` already built in this process (else built here).
+    """
     import logging
 
     run = RunDir(opts.out)
@@ -66,7 +69,8 @@ def run_shard(opts: RunOptions, shard: int, num_shards: int, progress: bool = Tr
     logger.addHandler(handler)
     try:
         opts = dataclasses.replace(opts, device=local_device(opts))
-        return Worker(opts, shard, num_shards, progress=progress).run_all()
+        dataset, methods = components if components is not None else (None, None)
+        return Worker(opts, shard, num_shards, progress=progress, dataset=dataset, methods=methods).run_all()
     finally:
         logger.removeHandler(handler)
         handler.close()
@@ -88,7 +92,7 @@ def default_num_shards(device: str) -> int:
     return max(1, len(visible_gpus())) if device.startswith("cuda") else 1
 
 
-def run_local(opts: RunOptions, num_shards: int, progress: bool = True) -> int:
+def run_local(opts: RunOptions, num_shards: int, progress: bool = True, dataset_size: int | None = None) -> int:
     """Spawn ``num_shards`` worker processes and show one aggregated progress bar; returns the exit code."""
     gpus = visible_gpus() if opts.device.startswith("cuda") else []
     if gpus and num_shards > len(gpus):
@@ -106,7 +110,7 @@ def run_local(opts: RunOptions, num_shards: int, progress: bool = True) -> int:
         out = open(run.log_dir / f"worker-{shard:03d}.out", "ab")
         procs.append((subprocess.Popen([sys.executable, "-m", "bench.launch", payload, str(shard), str(num_shards)],
                                        env=env, stdout=out, stderr=subprocess.STDOUT), out))
-    total = expected_records(opts)
+    total = expected_records(opts, dataset_size)
     from bench.progress import progress_bar
 
     with progress_bar(enabled=progress) as bar:
@@ -126,10 +130,11 @@ def run_local(opts: RunOptions, num_shards: int, progress: bool = True) -> int:
     return 0
 
 
-def expected_records(opts: RunOptions) -> int:
+def expected_records(opts: RunOptions, dataset_size: int | None = None) -> int:
+    """Records a complete run writes (``dataset_size``: the dataset's length, if already known)."""
     from bench.runner import build_dataset
 
-    n = len(build_dataset(opts))
+    n = dataset_size if dataset_size is not None else len(build_dataset(opts))
     return len(shard_indices(n, opts.limit, 0, 1)) * len(opts.methods)
 
 

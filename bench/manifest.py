@@ -77,7 +77,9 @@ def environment(device: str) -> dict:
 
 
 def new_manifest(*, dataset: dict, methods: dict, metrics: dict, device: str, seed: int, profile: str,
-                 limit: int | None, command: list[str]) -> dict:
+                 limit: int | None, command: list[str], run_config: dict | None = None) -> dict:
+    """The manifest of one ``bench run`` invocation (``run_config``: the ``--config`` file, if any)."""
+    extra = {"run_config": {k: v for k, v in run_config.items() if k != "sets"}} if run_config else {}
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
@@ -88,6 +90,7 @@ def new_manifest(*, dataset: dict, methods: dict, metrics: dict, device: str, se
         "profile": profile,
         "limit": limit,
         "environment": environment(device),
+        **extra,
     }
 
 

@@ -17,7 +17,7 @@ Adding a built-in method = its package under ``methods/`` plus one line in ``BUI
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -118,8 +118,9 @@ BUILTIN: dict[str, tuple[Entry, ...]] = {
     "metrics": (
         _metric("iou", "bench.metrics.iou:IoUMetric", "mask IoU, official formula, against the sample's mask",
                 level="instance", columns=[("iou", "iou", HIGHER)]),
-        _metric("latency", "bench.metrics.latency:LatencyMetric", "per-instance wall and optimisation time",
-                level="instance", columns=[("instances_per_s", "inst_per_s", HIGHER)]),
+        _metric("latency", "bench.metrics.latency:LatencyMetric",
+                "per-instance wall and optimisation time (summary of the records' timings)",
+                columns=[("instances_per_s", "inst_per_s", HIGHER)]),
         _metric("fid1", "bench.metrics.fid:FID1Metric", "FID of masked input vs input-view render (black bg)",
                 columns=[("fid", "fid1", LOWER), ("kid_mean", "kid1", LOWER)]),
         _metric("fid10", "bench.metrics.fid:FID10Metric", "FID of 10 canonical views (white bg) vs reference stats",

@@ -135,9 +135,63 @@ class RunDir:
     def records(self, method: str | None = None) -> list[dict]:
         return list(self.iter_records(method))
 
+    def record_status(self, method: str, instance: str) -> str | None:
+        """``"ok"``, ``"failed"`` or None (no record yet)."""
+        rec = self.read_record(method, instance)
+        return None if rec is None else rec.get("status")
+
+    def _record_head(self, method: str, instance: str, index: int, runtime: dict) -> dict:
+        prev = self.read_record(method, instance)
+        return {"method": method, "instance": instance, "index": index,
+                "attempt": (prev or {}).get("attempt", 0) + 1, "runtime": runtime}
+
+    def write_failure(self, method: str, instance: str, index: int, error: str, runtime: dict) -> None:
+        """The record of an instance that failed (loading, reconstruction or non-finite output)."""
+        self.write_record({**self._record_head(method, instance, index, runtime), "status": "failed",
+                           "error": error, "metrics": {}, "timings": {}})
+
+    def write_result(self, method: str, sample, recon, metrics: dict, runtime: dict,
+                     default_batch_size: int = 1) -> dict:
+        """Store one reconstruction: artifact, input-view PNG, then the record (which marks it done)."""
+        artifact = self.save_artifact(method, sample.id, artifact_payload(method, sample, recon))
+        render = self.render_path(method, sample.id)
+        atomic_write_bytes(render, input_view_png(sample, recon))
+        info = dict(recon.info)
+        record = {
+            **self._record_head(method, sample.id, sample.index, runtime),
+            "status": "ok",
+            "error": None,
+            "metrics": metrics,
+            "timings": dict(recon.timings),
+            "timings_batch": info.pop("batch_timings", None),
+            "batch_size": int(info.pop("batch_size", default_batch_size)),
+            "class_id": sample.class_id,
+            "mask_source": sample.mask_source,
+            "camera_source": sample.camera_source,
+            "camera_init": [round(float(x), 7) for x in sample.camera],
+            "camera": [round(float(x), 7) for x in recon.camera] if recon.camera is not None else None,
+            "losses": [float(x) for x in recon.losses],
+            "info": info,
+            "labels": list(info.get("labels", [])),
+            "artifact": str(artifact.relative_to(self.root)),
+            "render": str(render.relative_to(self.root)),
+        }
+        self.write_record(record)
+        return record
+
+    def clean_stale_temp_files(self, method: str, ids: set[str]) -> None:
+        """Remove temp files a killed worker left for instances in ``ids`` (never another shard's)."""
+        for folder in (self.root / "records" / method, self.root / "artifacts" / method,
+                       self.root / "renders" / method):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    target = tmp.name[1:-len(".tmp")].rsplit(".", 1)[0]  # ".<id>.<ext>.<random>.tmp"
+                    if Path(target).stem in ids:
+                        tmp.unlink(missing_ok=True)
+
     # artifacts ---------------------------------------------------------------------------------
     def save_artifact(self, method: str, instance: str, payload: dict) -> Path:
-        """Atomically ``torch.save`` an artifact dict (see :func:`bench.runner.artifact_payload`)."""
+        """Atomically ``torch.save`` an artifact dict (see :func:`artifact_payload`)."""
         import io
 
         import torch
@@ -162,3 +216,53 @@ class RunDir:
         if not folder.is_dir():
             return {}
         return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# what a record's files hold
+
+
+def artifact_payload(method: str, sample, recon) -> dict:
+    """The dict stored per (method, instance) in ``artifacts/``: the reconstruction and its input."""
+    cpu = lambda t: None if t is None else t.detach().float().cpu()  # noqa: E731
+    mesh = None
+    if recon.mesh is not None:
+        mesh = {k: (v.detach().cpu() if v is not None and hasattr(v, "detach") else v)
+                for k, v in recon.mesh.__dict__.items()}
+    gt = None
+    if sample.gt is not None:
+        gt = {k: (v.detach().cpu() if hasattr(v, "detach") else v) for k, v in sample.gt.items()}
+    return {
+        "method": method, "instance": sample.id, "index": sample.index,
+        "input_image": cpu(sample.image), "input_mask": cpu(sample.mask), "mask_source": sample.mask_source,
+        "class_id": sample.class_id, "image": cpu(recon.image), "mask": cpu(recon.mask),
+        "camera": cpu(recon.camera), "camera_init": cpu(sample.camera), "latent": cpu(recon.latent),
+        "mesh": mesh, "gt": gt,
+    }
+
+
+def input_view_png(sample, recon) -> bytes:
+    """PNG bytes of input | render on white | overlay (render mask edges in red over the input)."""
+    import io
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    inp = sample.image.detach().float().cpu().clamp(0, 1)
+    h, w = inp.shape[-2:]
+    img = recon.image.detach().float().cpu().clamp(0, 1)
+    msk = recon.mask.detach().float().cpu()
+    if img.shape[-2:] != (h, w):
+        img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        msk = F.interpolate(msk[None, None], size=(h, w), mode="nearest")[0, 0]
+    render = img * msk + (1 - msk)
+    edge = (msk > 0.5).float()
+    edge = (F.max_pool2d(edge[None, None], 3, 1, 1)[0, 0] - edge).clamp(0, 1)
+    overlay = inp * (1 - edge) + torch.tensor([1.0, 0, 0])[:, None, None] * edge
+    strip = torch.cat([inp, render, overlay], dim=2)
+    arr = (strip.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()

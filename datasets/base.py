@@ -59,13 +59,19 @@ class Dataset(torch.utils.data.Dataset):
     Subclasses set ``name`` and ``Config`` (a dataclass whose fields are the dataset options), build
     their index cheaply in ``__init__`` (raise :class:`bench.errors.UserError` when the data root is
     unusable) and load one instance in ``load(i)`` (raise any exception for a per-instance failure).
+    A dataset with a file layout also provides ``check_layout(data_root, split)`` for
+    ``bench data check`` (a classmethod returning ``(rows, count)``).
+
+    ``run_seed`` is ``bench run --seed``: every sample gets ``meta["seed"] = instance_seed(run_seed,
+    index)`` (:mod:`bench.seeds`), from which methods draw their per-instance randomness.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
 
-    def __init__(self, config):
+    def __init__(self, config, run_seed: int = 0):
         self.config = config
+        self.run_seed = int(run_seed)
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -78,10 +84,15 @@ class Dataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getitem__(self, i: int) -> Sample | FailedSample:
+        from bench.failures import describe_exception
+        from bench.seeds import instance_seed
+
         try:
-            return self.load(i)
+            sample = self.load(i)
         except Exception as exc:  # noqa: BLE001 - a failing instance is data, not a crash
-            return FailedSample(id=self.instance_id(i), index=i, error=f"{type(exc).__name__}: {exc}")
+            return FailedSample(id=self.instance_id(i), index=i, error=describe_exception(exc))
+        sample.meta["seed"] = instance_seed(self.run_seed, i)
+        return sample
 
     def describe(self) -> dict[str, Any]:
         """Protocol fields for the run manifest (split, mask source, camera source, image size...)."""

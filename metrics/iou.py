@@ -29,14 +29,19 @@ def mask_iou(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 class IoUMetric:
     """Per-instance IoU of the input-view render mask against the sample's mask."""
 
-    name = "iou"
-    summary = "mask IoU, official formula, against the sample's mask"
-    level = "instance"
+    #: recorded in the run manifest (``metrics.iou``)
+    protocol = {"formula": "sum(Mt*Mp)/sum(Mt+Mp-Mt*Mp), masks not thresholded",
+                "against": "the sample's mask (each record's mask_source)"}
 
     def instance(self, sample, recon) -> dict[str, float]:
+        """``iou`` of the input-view render mask, and ``iou_init`` when the method reports the IoU at its
+        initial camera (``recon.info["iou_init"]``)."""
         if recon.mask is None:
             return {}
-        return {"iou": float(mask_iou(sample.mask.to(recon.mask.device), recon.mask))}
+        out = {"iou": float(mask_iou(sample.mask.to(recon.mask.device), recon.mask))}
+        if isinstance(recon.info.get("iou_init"), (int, float)):
+            out["iou_init"] = float(recon.info["iou_init"])
+        return out
 
     def corpus(self, ctx) -> dict:
         """Mean IoU per method over every ok record of the run (official: arithmetic mean, 3 decimals)."""

@@ -83,14 +83,6 @@ def latency_summary(records: list[dict]) -> dict:
 class LatencyMetric(Metric):
     """Per-instance wall and optimisation time (from the method's timings), summarised per method."""
 
-    name = "latency"
-    level = "instance"
-    summary = "per-instance wall and optimisation time"
-
-    def instance(self, sample, recon) -> dict[str, float]:
-        t = getattr(recon, "timings", None) or {}
-        return {f"time_{k}": float(t[k]) for k in ("total", "optimize") if t.get(k) is not None}
-
     def corpus(self, ctx: EvalContext) -> dict:
         manifest = ctx.run.read_manifest()
         env = manifest.get("environment", {}) if isinstance(manifest, dict) else {}

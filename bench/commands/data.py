@@ -15,8 +15,8 @@ def data():
 
 
 @data.command("check")
-@click.option("--dataset", "dataset_name", required=True, type=click.Choice(["cub", "p3d"]),
-              help="Dataset layout to check.")
+@click.option("--dataset", "dataset_name", required=True,
+              help="Dataset whose layout to check (a file dataset of `bench ls datasets`, e.g. cub, p3d).")
 @click.option("--data-root", required=True, type=click.Path(file_okay=False, path_type=str),
               help="cub: the official datasets/cub folder (or its parent); "
                    "p3d: the folder holding PASCAL3D+_release1.1/, data/, sfm/.")
@@ -30,11 +30,15 @@ def check(dataset_name: str, data_root: str, split: str | None):
     """
     import os
 
-    from bench.datasets.cmr_mat import check_layout
+    from bench import registry
 
+    cls = registry.load("datasets", dataset_name)
+    if not hasattr(cls, "check_layout"):
+        checkable = [n for n, e in registry.entries("datasets").items() if hasattr(e.load(), "check_layout")]
+        raise UserError(f"dataset {dataset_name!r} has no file layout to check; checkable: {', '.join(checkable)}")
     if not os.path.isdir(data_root):
         raise UserError(f"data root {data_root} does not exist or is not a folder")
-    rows, count = check_layout(dataset_name, data_root, split)
+    rows, count = cls.check_layout(data_root, split)
     for row in rows:
         status = "ok" if row.present else ("MISSING" if row.required else "absent (optional)")
         click.echo(f"{status:<18} {row.path}  {row.detail}")

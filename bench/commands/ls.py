@@ -14,4 +14,5 @@ def ls(kind):
         click.echo(f"{k}:")
         for name, entry in registry.entries(k).items():
             src = "" if entry.source == "built-in" else f" [{entry.source}]"
-            click.echo(f"  {name:<12} {entry.summary}{src}")
+            level = f"[{entry.level}] " if k == "metrics" else ""
+            click.echo(f"  {name:<12} {level}{entry.summary}{src}")

@@ -31,6 +31,7 @@ def profile(method_name, profile_name, batch_size, device, repeat, sets, as_json
 
     from bench import registry
     from bench.config import build_config, config_to_dict, parse_sets
+    from bench.devices import parse_device
     from bench.errors import UserError
 
     cls = registry.load("methods", method_name)
@@ -40,12 +41,7 @@ def profile(method_name, profile_name, batch_size, device, repeat, sets, as_json
         raise UserError(f"--set names {', '.join(unknown)}, but only --method {method_name} is profiled")
     cfg = build_config(cls.Config, profile_name, getattr(cls, "profiles", {}), overrides.get(method_name, {}),
                        method_name)
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UserError(f"bad --device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    dev = torch.device(parse_device(device))
     method = cls(cfg)
     if not hasattr(method, "profile_stages"):
         raise UserError(f"method {method_name!r} does not support per-stage profiling")

@@ -26,19 +26,6 @@ def _parse_views(text: str) -> list[float]:
     return views
 
 
-def _check_device(device: str) -> str:
-    from bench.errors import UserError
-
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda but no CUDA device is visible; use --device cpu")
-    elif device != "cpu":
-        raise UserError(f"--device must be cpu, cuda or cuda:K, got {device!r}")
-    return device
-
-
 def _to_uint8_image(texture):
     """(3,H,W) in [-1,1] -> (H,W,3) uint8 numpy."""
     import torch
@@ -76,7 +63,9 @@ def sample(checkpoint, num, class_id, seed, device, out, views, size, batch_size
     from bench.render.uvsphere import uvsphere_template
 
     azimuths = _parse_views(views)
-    device = _check_device(device)
+    from bench.devices import parse_device
+
+    device = parse_device(device)
     if checkpoint is None:
         click.echo(f"No --checkpoint given: using the {DEMO_LABEL} (random weights; the samples "
                    "are not birds). Pass --checkpoint checkpoint_latest.pth for the released model.")
