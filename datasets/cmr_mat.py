@@ -12,7 +12,8 @@ worker), undoing the two surprises of ``squeeze_me``:
 
 It also re-implements the rotation-matrix -> quaternion conversion the official loaders use
 (Gohlke's ``transformations.quaternion_from_matrix(M, isprecise=True)``), including its lack of sign
-canonicalisation, and hosts :func:`check_layout`, the data-root checker behind ``bench data check``.
+canonicalisation, and the layout-report helpers (:class:`LayoutRow`, :func:`missing_message`,
+:func:`read_index_rows`) behind each dataset's ``check_layout`` (``bench data check``).
 
 Imports no torch.
 """
@@ -28,13 +29,13 @@ from bench.errors import UserError
 
 __all__ = [
     "LayoutRow", "load_mat", "struct_list", "field", "bbox_of", "parts_of", "mask_of",
-    "read_annotations", "read_sfm", "quaternion_from_matrix", "sfm_to_pose", "check_layout",
-    "missing_message", "read_index_rows",
+    "read_annotations", "read_sfm", "quaternion_from_matrix", "sfm_to_pose", "missing_message",
+    "read_index_rows",
 ]
 
 
 class LayoutRow(NamedTuple):
-    """One expected file or folder of a dataset root, as reported by :func:`check_layout`."""
+    """One expected file or folder of a dataset root, as reported by a dataset's ``check_layout``."""
 
     path: str       # the path checked (absolute; folders end with "/")
     present: bool   # exists (and, for index files, is readable)
@@ -260,31 +261,6 @@ def missing_message(what: str, root: Path, rows: list[LayoutRow], layout: str, h
             rel.append(m)
     return (f"{what} {root} is incomplete: missing {', '.join(rel)} (expected layout: {layout})"
             + (f"; {hint}" if hint else ""))
-
-
-def check_layout(dataset_name: str, data_root: str | Path, split: str | None = None
-                 ) -> tuple[list[LayoutRow], int | None]:
-    """Check a dataset root: which expected files/folders are present, and how many instances.
-
-    Args:
-        dataset_name: ``"cub"`` or ``"p3d"``.
-        data_root: the folder given by the user (same rules as the dataset's ``data_root``).
-        split: split name; ``None`` = the dataset's default (cub: test, p3d: val).
-
-    Returns:
-        ``(rows, count)``: one :class:`LayoutRow` per expected path, and the number of instances the
-        dataset would yield (``None`` when the index files cannot be read).
-
-    Raises:
-        UserError: unknown dataset, the root does not exist, or nothing of the layout is there.
-    """
-    if dataset_name == "cub":
-        from bench.datasets import cub as mod
-    elif dataset_name == "p3d":
-        from bench.datasets import p3d as mod
-    else:
-        raise UserError(f"unknown dataset {dataset_name!r} for data check; available: cub, p3d")
-    return mod.check_layout(data_root, split)
 
 
 def read_index_rows(rows: dict, readers: dict) -> tuple[list, int | None]:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.config import option, require
 from bench.datasets.base import Dataset, Sample
 from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_index_rows, read_sfm
 from bench.datasets.crop import load_cmr_instance, to_float32
@@ -38,37 +39,33 @@ CAMERAS = ("cmr-pred", "sfm")
 
 @dataclass
 class CUBConfig:
-    """Options of the CUB dataset (defaults = the official MeshInversion protocol).
+    """Options of the CUB dataset (defaults = the official MeshInversion protocol)."""
 
-    Attributes:
-        data_root: folder holding ``CUB_200_2011/``, ``cache/``, ``predicted_mask/`` (or its parent
-            holding ``datasets/cub``). Default: the official ``datasets/cub`` relative to the CWD.
-        split: CMR split name (``test``, ``val``, ``testval``, ``train``); MeshInversion uses ``test``.
-        image_size: side of the square crop (256).
-        mask: ``predicted`` (PointRend masks, official default) or ``gt`` (annotation mask).
-        camera: ``cmr-pred`` (CMR camera iff its overlay IoU > ``cmr_iou_threshold``, else SfM;
-            official) or ``sfm`` (always the SfM camera).
-        cmr_iou_threshold: IoU threshold of the CMR-camera rule (strictly greater; 0.7).
-        padding_frac: bbox padding per side, fraction of the box size (0.05).
-        mask_threshold: the resized mask is binarised with ``> mask_threshold`` (0.95).
-    """
-
-    data_root: str = "datasets/cub"
-    split: str = "test"
-    image_size: int = 256
-    mask: str = "predicted"
-    camera: str = "cmr-pred"
-    cmr_iou_threshold: float = 0.7
-    padding_frac: float = 0.05
-    mask_threshold: float = 0.95
+    data_root: str = option("datasets/cub", help="folder holding CUB_200_2011/, cache/ and predicted_mask/ "
+                            "(or its parent holding datasets/cub); default: the official datasets/cub "
+                            "relative to the working directory")
+    split: str = option("test", help="CMR split name: test (MeshInversion's), val, testval or train")
+    image_size: int = option(256, help="side of the square crop in pixels (official: 256)")
+    mask: str = option("predicted", help="mask the method fits and IoU is measured against: predicted "
+                       "(PointRend masks, official) or gt (annotation mask)")
+    camera: str = option("cmr-pred", help="initial camera: cmr-pred (the CMR camera when its overlay IoU > "
+                         "cmr_iou_threshold, else SfM; official) or sfm (always the SfM camera)")
+    cmr_iou_threshold: float = option(0.7, help="overlay IoU the CMR camera must strictly exceed to be used "
+                                      "(camera=cmr-pred; official: 0.7)")
+    padding_frac: float = option(0.05, help="bbox padding per side, as a fraction of the box size (official: 0.05)")
+    mask_threshold: float = option(0.95, help="the resized mask is binarised with > mask_threshold (official: 0.95)")
 
     def __post_init__(self):
-        if self.mask not in MASKS:
-            raise UserError(f"cub.mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
-        if self.camera not in CAMERAS:
-            raise UserError(f"cub.camera must be one of {', '.join(CAMERAS)}, got {self.camera!r}")
-        if int(self.image_size) <= 0:
-            raise UserError(f"cub.image_size must be positive, got {self.image_size}")
+        require(bool(str(self.data_root).strip()), "data_root", "must be a folder path", self.data_root)
+        require(bool(str(self.split).strip()), "split", "must be a CMR split name (test, val, testval, train)",
+                self.split)
+        require(int(self.image_size) >= 1, "image_size", "must be >= 1", self.image_size)
+        require(self.mask in MASKS, "mask", f"must be one of {', '.join(MASKS)}", self.mask)
+        require(self.camera in CAMERAS, "camera", f"must be one of {', '.join(CAMERAS)}", self.camera)
+        require(0.0 <= self.cmr_iou_threshold <= 1.0, "cmr_iou_threshold", "must be in [0, 1]",
+                self.cmr_iou_threshold)
+        require(self.padding_frac >= 0.0, "padding_frac", "must be >= 0", self.padding_frac)
+        require(0.0 <= self.mask_threshold < 1.0, "mask_threshold", "must be in [0, 1)", self.mask_threshold)
 
 
 def resolve_root(data_root: str | Path) -> Path:
@@ -204,14 +201,13 @@ class CUBDataset(Dataset):
 
     name: ClassVar[str] = "cub"
     Config: ClassVar[type] = CUBConfig
-    summary: ClassVar[str] = "CUB-200-2011 birds in the CMR/MeshInversion layout"
     #: The data protocol is the same under every profile (``fast`` only makes methods cheaper).
     profiles: ClassVar[dict] = {"paper": {}, "fast": {}}
     default_num_workers: ClassVar[int] = 2  # decode and crop the next photos while a method runs
 
-    def __init__(self, config: CUBConfig | None = None, **overrides):
+    def __init__(self, config: CUBConfig | None = None, run_seed: int = 0, **overrides):
         config = config or CUBConfig(**overrides)
-        super().__init__(config)
+        super().__init__(config, run_seed)
         self.root = resolve_root(config.data_root)
         rows = list(_presence(self.root, config.split, config.mask, config.camera).values())
         if any(r.required and not r.present for r in rows):
@@ -234,6 +230,13 @@ class CUBDataset(Dataset):
             use = entry is not None and entry[1] > config.cmr_iou_threshold
             self.camera_sources.append("cmr-pred" if use else "sfm")
         self._fingerprint: dict[str, str] | None = None
+
+    @classmethod
+    def check_layout(cls, data_root: str | Path, split: str | None = None
+                     ) -> tuple[list[LayoutRow], int | None]:
+        """``bench data check``: every expected path of a CUB root and the instance count
+        (:func:`check_layout`)."""
+        return check_layout(data_root, split)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bench.config import option, require
 from bench.datasets.base import Dataset, Sample
 from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_index_rows, read_sfm
 from bench.datasets.crop import load_cmr_instance, to_float32
@@ -34,42 +35,33 @@ CAMERAS = ("sfm",)
 
 @dataclass
 class P3DConfig:
-    """Options of the PASCAL3D+ dataset.
+    """Options of the PASCAL3D+ dataset."""
 
-    Attributes:
-        data_root: folder holding ``PASCAL3D+_release1.1/`` (or ``Images/`` directly) and, by default,
-            the CMR annotation folders ``data/`` and ``sfm/``.
-        anno_root: folder holding ``data/`` and ``sfm/`` when elsewhere; ``""`` = search ``data_root``,
-            ``data_root/p3d``, ``data_root/cachedir/p3d``.
-        split: CMR split (``val`` = VOC-val PASCAL cars, the usual test split; ``train``; ``all``).
-        category: PASCAL3D+ category of the CMR files (``car``; ``aeroplane`` files share the format).
-        image_size: side of the square crop (256).
-        mask: ``gt`` (annotation mask) or ``predicted`` (``<predicted_mask_dir>/<index>.npy``).
-        predicted_mask_dir: folder of predicted masks, one ``<index>.npy`` per ``.mat`` row;
-            ``""`` = ``<anno_root>/predicted_mask``.
-        camera: ``sfm`` (the only camera available for cars).
-        padding_frac: bbox padding per side (0.05).
-        mask_threshold: resized mask binarised with ``> mask_threshold`` (0.95).
-    """
-
-    data_root: str = "datasets/p3d"
-    anno_root: str = ""
-    split: str = "val"
-    category: str = "car"
-    image_size: int = 256
-    mask: str = "gt"
-    predicted_mask_dir: str = ""
-    camera: str = "sfm"
-    padding_frac: float = 0.05
-    mask_threshold: float = 0.95
+    data_root: str = option("datasets/p3d", help="folder holding PASCAL3D+_release1.1/ (or Images/ directly) "
+                            "and, by default, the CMR annotation folders data/ and sfm/")
+    anno_root: str = option("", help="folder holding data/ and sfm/ when elsewhere; empty = search data_root, "
+                            "data_root/p3d, data_root/cachedir/p3d")
+    split: str = option("val", help="CMR split: val (VOC-val PASCAL cars, the usual test split), train or all")
+    category: str = option("car", help="PASCAL3D+ category of the CMR files (car; aeroplane files share the format)")
+    image_size: int = option(256, help="side of the square crop in pixels (256)")
+    mask: str = option("gt", help="mask the method fits and IoU is measured against: gt (annotation mask) or "
+                       "predicted (<predicted_mask_dir>/<index>.npy)")
+    predicted_mask_dir: str = option("", help="folder of predicted masks, one <index>.npy per .mat row; "
+                                     "empty = <anno_root>/predicted_mask")
+    camera: str = option("sfm", help="initial camera: sfm (the only camera available for cars)")
+    padding_frac: float = option(0.05, help="bbox padding per side, as a fraction of the box size (0.05)")
+    mask_threshold: float = option(0.95, help="the resized mask is binarised with > mask_threshold (0.95)")
 
     def __post_init__(self):
-        if self.mask not in MASKS:
-            raise UserError(f"p3d.mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
-        if self.camera not in CAMERAS:
-            raise UserError(f"p3d.camera must be 'sfm' (no CMR car cameras exist), got {self.camera!r}")
-        if int(self.image_size) <= 0:
-            raise UserError(f"p3d.image_size must be positive, got {self.image_size}")
+        require(bool(str(self.data_root).strip()), "data_root", "must be a folder path", self.data_root)
+        require(bool(str(self.split).strip()), "split", "must be a CMR split name (val, train, all)", self.split)
+        require(bool(str(self.category).strip()), "category", "must be a PASCAL3D+ category (e.g. car)",
+                self.category)
+        require(int(self.image_size) >= 1, "image_size", "must be >= 1", self.image_size)
+        require(self.mask in MASKS, "mask", f"must be one of {', '.join(MASKS)}", self.mask)
+        require(self.camera in CAMERAS, "camera", "must be 'sfm' (no CMR car cameras exist)", self.camera)
+        require(self.padding_frac >= 0.0, "padding_frac", "must be >= 0", self.padding_frac)
+        require(0.0 <= self.mask_threshold < 1.0, "mask_threshold", "must be in [0, 1)", self.mask_threshold)
 
 
 def _resolve(data_root, anno_root: str, split: str, category: str) -> tuple[Path, Path, Path]:
@@ -130,14 +122,13 @@ class P3DDataset(Dataset):
 
     name: ClassVar[str] = "p3d"
     Config: ClassVar[type] = P3DConfig
-    summary: ClassVar[str] = "PASCAL3D+ cars in the CMR p3d layout"
     #: The data protocol is the same under every profile (``fast`` only makes methods cheaper).
     profiles: ClassVar[dict] = {"paper": {}, "fast": {}}
     default_num_workers: ClassVar[int] = 2  # decode and crop the next photos while a method runs
 
-    def __init__(self, config: P3DConfig | None = None, **overrides):
+    def __init__(self, config: P3DConfig | None = None, run_seed: int = 0, **overrides):
         config = config or P3DConfig(**overrides)
-        super().__init__(config)
+        super().__init__(config, run_seed)
         self.root, self.images_dir, self.anno_dir = _resolve(config.data_root, config.anno_root,
                                                              config.split, config.category)
         self.pred_dir = (Path(config.predicted_mask_dir).expanduser().resolve() if config.predicted_mask_dir
@@ -155,6 +146,13 @@ class P3DDataset(Dataset):
             raise UserError(f"{self.sfm_path} has {len(self.sfm)} entries but {self.anno_path} has "
                             f"{len(self.records)}; they must be aligned")
         self._fingerprint: dict[str, str] | None = None
+
+    @classmethod
+    def check_layout(cls, data_root: str | Path, split: str | None = None
+                     ) -> tuple[list[LayoutRow], int | None]:
+        """``bench data check``: every expected path of a PASCAL3D+ root and the instance count
+        (:func:`check_layout`)."""
+        return check_layout(data_root, split)
 
     def __len__(self) -> int:
         return len(self.records)

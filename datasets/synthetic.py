@@ -1,12 +1,14 @@
 """The built-in ``synthetic`` dataset: targets rendered from the active generator, no download needed.
 
-Instance ``i`` is drawn from a generator seeded with ``(seed, i)`` only, so every instance is
-reproducible on its own (shards and resumes see identical samples):
+Instance ``i`` is drawn from a random stream seeded with ``instance_seed(seed, i)`` only
+(:mod:`bench.seeds`; ``seed`` = the ``seed`` option, by default the run seed ``bench run --seed``), so
+every instance is reproducible on its own (shards and resumes see identical samples) and another run
+seed gives other scenes:
 
 * class id (uniform over the generator's 200 classes, or fixed), latent z ~ N(0, I_64);
 * a ground-truth camera around a CUB-like canonical distribution: the canonical FID pose
   (orientation 30°) turned by a uniform azimuth and a N(0, elevation_std) elevation, scale
-  ~ U(scale_range), translation ~ N(0, translation_std) per axis;
+  ~ U(scale_min, scale_max), translation ~ N(0, translation_std) per axis;
 * the RGB crop = the hard-mask render composited on white (like CUB crops' white padding), the mask
   = the rendered hard mask thresholded at 0.5;
 * the initial camera = ground truth + noise: scale × exp(N(0, noise_scale)), translation +
@@ -20,26 +22,61 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
+from bench.config import option, require
 from bench.datasets.base import Dataset, Sample
+from bench.errors import UserError
+from bench.methods.meshinversion.generator import N_CLASSES
+from bench.seeds import instance_seed
+
+#: XOR-ed into a scene's seed so that the scene is not drawn from the same random stream as the
+#: method's per-instance randomness (``sample.meta["seed"]``); otherwise a method's first latent
+#: candidate could be the ground-truth latent itself.
+SCENE_SEED_SALT = 0x5CE7E5
 
 
 @dataclass
 class SyntheticConfig:
-    n: int = 8
-    seed: int = 0
-    checkpoint: str | None = None
-    image_size: int = 256
-    class_id: int | None = None
-    scale_min: float = 0.55
-    scale_max: float = 0.75
-    translation_std: float = 0.03
-    elevation_std_deg: float = 10.0
-    noise_scale: float = 0.1
-    noise_translation: float = 0.06
-    noise_rotation_deg: float = 15.0
+    """Options of the synthetic dataset (see the module docstring for how a scene is drawn)."""
+
+    n: int = option(8, help="number of instances")
+    seed: Optional[int] = option(None, help="seed of the scenes; empty = the run seed (bench run --seed), "
+                                 "so another run seed also gives other scenes")
+    checkpoint: Optional[str] = option(None, help="generator checkpoint the scenes are rendered from; "
+                                       "empty or demo = the untrained demo generator")
+    image_size: int = option(256, help="side of the rendered square crop in pixels (CUB crops: 256)")
+    class_id: Optional[int] = option(None, help=f"class of every instance, 0..{N_CLASSES - 1}; "
+                                     "empty = uniform over the generator's classes")
+    scale_min: float = option(0.55, help="smallest ground-truth camera scale (uniform in [scale_min, scale_max])")
+    scale_max: float = option(0.75, help="largest ground-truth camera scale")
+    translation_std: float = option(0.03, help="std of the ground-truth camera translation per axis "
+                                    "(normalised crop units)")
+    elevation_std_deg: float = option(10.0, help="std of the ground-truth camera elevation in degrees "
+                                      "(azimuth is uniform)")
+    noise_scale: float = option(0.1, help="initial camera noise: scale multiplied by exp(N(0, noise_scale))")
+    noise_translation: float = option(0.06, help="initial camera noise: std added to each translation axis")
+    noise_rotation_deg: float = option(15.0, help="initial camera noise: std in degrees of a random-axis "
+                                       "rotation applied to the ground truth")
+
+    def __post_init__(self):
+        require(self.n >= 1, "n", "must be >= 1", self.n)
+        require(self.image_size >= 1, "image_size", "must be >= 1", self.image_size)
+        require(self.class_id is None or 0 <= self.class_id < N_CLASSES, "class_id",
+                f"must be empty or in 0..{N_CLASSES - 1}", self.class_id)
+        require(self.scale_min > 0, "scale_min", "must be > 0", self.scale_min)
+        require(self.scale_min <= self.scale_max, "scale_max", f"must be >= scale_min ({self.scale_min})",
+                self.scale_max)
+        for name in ("translation_std", "elevation_std_deg", "noise_scale", "noise_translation",
+                     "noise_rotation_deg"):
+            require(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+
+
+def uses_demo(checkpoint: str | None) -> bool:
+    """Whether ``checkpoint`` names the untrained demo generator (unset, empty or ``demo``)."""
+    return checkpoint in (None, "", "demo")
 
 
 def axis_angle_quaternion(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -56,19 +93,26 @@ class SyntheticDataset(Dataset):
     profiles = {"paper": {}, "fast": {"image_size": 128}}
     default_num_workers = 0
 
-    def __init__(self, config: SyntheticConfig):
-        super().__init__(config)
-        from bench.errors import UserError
-
-        if config.n < 1:
-            raise UserError(f"synthetic.n must be >= 1, got {config.n}")
-        if config.checkpoint not in (None, "", "demo"):
+    def __init__(self, config: SyntheticConfig | None = None, run_seed: int = 0, **overrides):
+        config = config or SyntheticConfig(**overrides)
+        super().__init__(config, run_seed)
+        if not uses_demo(config.checkpoint):
             from pathlib import Path
 
-            if not Path(config.checkpoint).is_file():
-                raise UserError(f"synthetic.checkpoint: generator file {config.checkpoint} not found")
+            if not Path(config.checkpoint).expanduser().is_file():
+                raise UserError(f"synthetic.checkpoint: generator file {config.checkpoint} not found "
+                                "(pass a checkpoint file, or leave it empty for the demo generator)")
         self._generator = None
         self._template = None
+
+    @property
+    def scene_seed(self) -> int:
+        """The seed the scenes are drawn from: ``config.seed``, or the run seed when it is unset."""
+        return self.run_seed if self.config.seed is None else int(self.config.seed)
+
+    def scene_generator(self, i: int) -> torch.Generator:
+        """The random stream of instance ``i``'s scene (depends on the scene seed and ``i`` only)."""
+        return torch.Generator().manual_seed(instance_seed(self.scene_seed, i) ^ SCENE_SEED_SALT)
 
     def __len__(self) -> int:
         return self.config.n
@@ -78,7 +122,8 @@ class SyntheticDataset(Dataset):
         if self._generator is None:
             from bench.methods.meshinversion.generator import load_generator
 
-            self._generator = load_generator(self.config.checkpoint or "demo", device="cpu")
+            checkpoint = "demo" if uses_demo(self.config.checkpoint) else self.config.checkpoint
+            self._generator = load_generator(checkpoint, device="cpu")
         return self._generator
 
     @property
@@ -89,12 +134,16 @@ class SyntheticDataset(Dataset):
             self._template = uvsphere_template("cpu")
         return self._template
 
+    @property
+    def generator_label(self) -> str:
+        return "untrained demo generator" if uses_demo(self.config.checkpoint) else str(self.config.checkpoint)
+
     def describe(self) -> dict:
+        """Manifest fields: the config, with ``seed`` = the scene seed actually used, and the generator."""
         from bench.config import config_to_dict
 
-        label = "untrained demo generator" if self.config.checkpoint in (None, "", "demo") else self.config.checkpoint
-        return {"dataset": self.name, **config_to_dict(self.config), "generator": label, "split": "synthetic",
-                "mask": "render", "camera": "gt+noise"}
+        return {"dataset": self.name, **config_to_dict(self.config), "seed": self.scene_seed,
+                "generator": self.generator_label, "split": "synthetic", "mask": "render", "camera": "gt+noise"}
 
     def ground_truth_camera(self, g: torch.Generator) -> torch.Tensor:
         """(7,) [s, tx, ty, qw, qx, qy, qz] around the canonical CUB-like pose."""
@@ -126,8 +175,8 @@ class SyntheticDataset(Dataset):
         from bench.methods.meshinversion.render import render
 
         c = self.config
-        g = torch.Generator().manual_seed(c.seed * 1_000_003 + i)
-        class_id = c.class_id if c.class_id is not None else int(torch.randint(0, 200, (), generator=g))
+        g = self.scene_generator(i)
+        class_id = c.class_id if c.class_id is not None else int(torch.randint(0, N_CLASSES, (), generator=g))
         z = torch.randn(1, 64, generator=g)
         camera = self.ground_truth_camera(g)
         camera_init = self.perturb_camera(camera, g)
@@ -140,4 +189,4 @@ class SyntheticDataset(Dataset):
               "face_uvs": self.template.face_uvs, "texture": texture[0], "mesh_map": mesh_map[0]}
         return Sample(id=self.instance_id(i), index=i, image=image, mask=mask, mask_source="render",
                       camera=camera_init, camera_source="gt+noise", class_id=class_id, gt=gt,
-                      meta={"generator": self.describe()["generator"]})
+                      meta={"generator": self.generator_label})
