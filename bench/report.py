@@ -39,35 +39,37 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# Columns taken from RUN/metrics/<name>.json per method: {name: {key in the file: column}}; files
-# not listed contribute every top-level number as "<name>.<key>".
-CORPUS_COLUMNS = {
-    "fid1": {"fid": "fid1", "kid_mean": "kid1"},
-    "fid10": {"fid": "fid10", "kid_mean": "kid10"},
-    "fid12": {"fid": "fid12", "kid_mean": "kid12"},
-    "kid": {},
-    "shape3d": {"chamfer_l2": "chamfer_l2", "fscore": "fscore", "latent_error": "latent_err", "psnr": "psnr",
-                "ssim": "ssim"},
-    "latency": {"instances_per_s": "inst_per_s"},
-    "iou": {},
-}
 _SKIP = {"n_images", "n_instances", "n_failed", "n_without_gt", "kid_subset_size", "kid_std"}
+
+
+def corpus_columns(name: str, values: dict) -> dict[str, str]:
+    """``{key in the file: report column}`` of corpus metric ``name``: the registry's columns; a metric
+    registered without columns contributes every top-level number as ``<name>.<key>``. Per-instance
+    metrics (IoU) are summarised from the records instead."""
+    from bench import registry
+
+    entry = registry.entries("metrics").get(name)
+    if entry is not None and entry.instance_level:
+        return {}
+    if entry is not None and entry.columns:
+        return {c.key: c.name for c in entry.columns}
+    return {k: f"{name}.{k}" for k, v in values.items() if _is_number(v) and k not in _SKIP}
 
 
 def corpus_metrics(run: RunDir) -> dict[str, dict[str, float]]:
     """``{method: {column: value}}`` from the ``{"methods": {method: {...}}}`` files ``bench eval`` wrote."""
+    from bench.registry import Column
+
     out: dict[str, dict[str, float]] = {}
     for name, data in run.read_metrics().items():
         per_method = data.get("methods", {}) if isinstance(data, dict) else {}
         for method, values in per_method.items():
             if not isinstance(values, dict):
                 continue
-            columns = CORPUS_COLUMNS.get(name)
-            if columns is None:
-                columns = {k: f"{name}.{k}" for k, v in values.items() if _is_number(v) and k not in _SKIP}
-            for key, col in columns.items():
-                if _is_number(values.get(key)):
-                    out.setdefault(method, {})[col] = float(values[key])
+            for key, col in corpus_columns(name, values).items():
+                value = Column(key, col).read(values)
+                if _is_number(value):
+                    out.setdefault(method, {})[col] = float(value)
     return out
 
 
