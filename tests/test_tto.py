@@ -48,19 +48,19 @@ def targets():
     return synthetic_targets(2)
 
 
-def _run(net, perc, img, mask, st, dtype=torch.float32):
+def _run(net, perc, img, mask, st, dtype=torch.float32, loss="cmr"):
     net, perc = net.to(dtype), perc.to(dtype)
     img, mask = img.to(dtype), mask.to(dtype)
     with torch.no_grad():
         enc = net.encode(img, seed=0)
     data = prepare(img, mask, st.render_size, state=enc)
-    return run_tto(net, perc, data, enc["latent"], enc["camera"], st)
+    return run_tto(net, perc, data, enc["latent"], enc["camera"], st, loss=loss)
 
 
 def test_cmr_tto_lowers_objective_and_freezes_weights(cmr_net, perceptual, targets):
     img, mask = targets
     before = {k: v.clone() for k, v in cmr_net.state_dict().items()}
-    st = TTOSettings(iterations=4, render_size=32, loss="cmr", mask_weight=2.0, texture_weight=0.5,
+    st = TTOSettings(iterations=4, render_size=32, mask_weight=2.0, texture_weight=0.5,
                      pose_lrs=(1e-2, 5e-3, 1e-3, 5e-4))
     res = _run(cmr_net, perceptual, img, mask, st)
     losses = res["losses"]
@@ -78,7 +78,7 @@ def test_batched_equals_per_instance(cmr_net, perceptual, targets, dtype, iterat
     """B instances optimised together = B separate runs (float32: up to rounding, since batched
     kernels sum in another order; float64: to ~1e-15)."""
     img, mask = targets
-    st = TTOSettings(iterations=iterations, render_size=32, loss="cmr")
+    st = TTOSettings(iterations=iterations, render_size=32)
     try:
         both = _run(cmr_net, perceptual, img, mask, st, dtype)
         one = [_run(cmr_net, perceptual, img[i:i + 1], mask[i:i + 1], st, dtype) for i in range(2)]
@@ -94,8 +94,8 @@ def test_umr_tto_lowers_objective(perceptual, targets):
     net = build_seeded(UMRMeshNet, 0).eval().requires_grad_(False)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     img, mask = targets
-    st = TTOSettings(iterations=4, render_size=32, loss="umr", mask_weight=2.5, texture_weight=3.0)
-    res = _run(net, perceptual, img[:1], mask[:1], st)
+    st = TTOSettings(iterations=4, render_size=32, mask_weight=2.5, texture_weight=3.0)
+    res = _run(net, perceptual, img[:1], mask[:1], st, loss="umr")
     assert res["losses"][-1, 0] < res["losses"][0, 0]
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
@@ -109,7 +109,7 @@ def test_stage_schedule():
 def test_perceptual_weights_sources(tmp_path, monkeypatch):
     import torchvision
 
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # hub cache: tmp_path/hub/checkpoints
     with pytest.raises(UserError) as err:
         build_perceptual(None, allow_random=False, owner="cmr-tto")
     assert ALEXNET_FILES[0] in str(err.value) and str(tmp_path / "hub") in str(err.value)
@@ -135,9 +135,9 @@ def test_cmr_tto_method_record(tmp_path, monkeypatch):
     from bench.datasets.base import Sample
     from bench.methods.cmr.method import CMRTTOMethod
 
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty_hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
     cfg = build_config(CMRTTOMethod.Config, "fast", CMRTTOMethod.profiles,
-                       {"iterations": "2", "render_size": "32", "warmup": "false"})
+                       {"iterations": "2", "render_size": "32", "warmup_passes": "0"})
     assert cfg.pose_lrs == [1e-2, 5e-3, 1e-3, 5e-4] and cfg.betas == [0.0, 0.99] and cfg.latent_lr == 5e-3
     method = CMRTTOMethod(cfg)
     assert method.describe()["labels"] == ["untrained", RANDOM_LABEL]
@@ -157,7 +157,7 @@ def test_trained_checkpoint_without_alexnet_is_a_user_error(tmp_path, monkeypatc
     from bench.config import build_config
     from bench.methods.cmr.method import CMRTTOMethod
 
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty_hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
     cfg = build_config(CMRTTOMethod.Config, None, None, {"checkpoint": str(tmp_path / "pred_net_500.pth")})
     with pytest.raises(UserError, match=ALEXNET_FILES[0]) as err:
         CMRTTOMethod(cfg).setup("cpu")

@@ -29,30 +29,50 @@ def _short(keys: list[str]) -> str:
     return f"[{shown}{more}]"
 
 
+def _torch_load(path: Path, what: str):
+    """``torch.load(weights_only=True)`` (``encoding='latin1'`` for Python-2 pickles); one-line errors."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except UnicodeDecodeError:
+            return torch.load(path, map_location="cpu", weights_only=True, encoding="latin1")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"{what} file {path} could not be read as a PyTorch state dict "
+                        f"({type(exc).__name__}: {first_line})") from None
+
+
+def _unwrap(obj):
+    """The state dict inside a ``{"state_dict"|"model"|"net": {...}}`` wrapper, else ``obj``."""
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model", "net"):
+            if wrapper in obj and isinstance(obj[wrapper], dict):
+                return obj[wrapper]
+    return obj
+
+
+def require_string_keys(state: dict, source: str) -> None:
+    """Raise a one-line `UserError` unless every key of ``state`` is a parameter name (a str)."""
+    bad = next((k for k in state if not isinstance(k, str)), None)
+    if bad is not None:
+        raise UserError(f"{source} is not a state dict: key {bad!r} ({type(bad).__name__}) is not a "
+                        f"parameter name (expected a mapping of str names to tensors)")
+
+
 def read_state_dict(path: str | Path, what: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
     """Read a state dict (bare, or under ``state_dict`` / ``model``; a ``module.`` prefix is removed).
 
     Raises:
-        UserError: missing / unreadable file, or no tensors in it.
+        UserError: missing / unreadable file, no tensors in it, or keys that are not strings.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} file {path} not found; pass an existing file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except UnicodeDecodeError:
-        obj = torch.load(path, map_location="cpu", weights_only=True, encoding="latin1")
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"{what} file {path} could not be read as a PyTorch state dict "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if isinstance(obj, dict):
-        for wrapper in ("state_dict", "model", "net"):
-            if wrapper in obj and isinstance(obj[wrapper], dict) and not torch.is_tensor(obj[wrapper]):
-                obj = obj[wrapper]
-                break
+    obj = _unwrap(_torch_load(path, what))
     if not isinstance(obj, dict) or not any(torch.is_tensor(v) for v in obj.values()):
         raise UserError(f"{what} file {path} holds no state dict (a mapping of parameter names to tensors)")
     state = OrderedDict((k, v) for k, v in obj.items() if torch.is_tensor(v))
+    require_string_keys(state, f"{what} file {path}")
     if state and all(k.startswith("module.") for k in state):
         state = OrderedDict((k[len("module."):], v) for k, v in state.items())
     return state
@@ -65,8 +85,9 @@ def check_and_load(net: nn.Module, state: dict, source: str, model_name: str) ->
     tensors are cast to the parameter's dtype.
 
     Raises:
-        UserError: one line naming missing / unexpected / wrongly shaped keys.
+        UserError: one line naming missing / unexpected / wrongly shaped keys, or non-string keys.
     """
+    require_string_keys(state, source)
     own = net.state_dict()
     state = OrderedDict(state)
     for key, value in own.items():
@@ -98,6 +119,7 @@ def load_state(net: nn.Module, state: dict, source: str, model_name: str) -> dic
 
     For models with ``resize_uv_sampler_`` (UMR) the buffer is sized from the state dict first.
     """
+    require_string_keys(state, source)
     info: dict = {"keys": len(state),
                   "had_num_batches_tracked": any(k.endswith("num_batches_tracked") for k in state)}
     sampler = state.get("uv_sampler")

@@ -8,13 +8,13 @@ Weights are never downloaded. ``lpips`` is built with ``pnet_rand=True`` (no tor
 and the torchvision AlexNet state dict is loaded from, in order:
 
 1. an explicit path (config ``perceptual_weights``);
-2. the torch hub cache: ``<torch.hub.get_dir()>/checkpoints/alexnet-owt-7be5be79.pth`` (or the older
-   ``alexnet-owt-4df8aa71.pth``);
+2. the torch hub cache: ``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth`` (or the older
+   ``alexnet-owt-4df8aa71.pth``), looked up by :func:`bench.weights.resolve_weights`;
 3. only when allowed (untrained baselines): seeded random AlexNet weights, labelled
    ``perceptual-random-alexnet``.
 
-With a real checkpoint and no weights file, :func:`build_perceptual` raises a `UserError` saying
-where to put the file.
+With a real checkpoint and no weights file, :func:`build_perceptual` raises the one-line
+:func:`bench.weights.missing_weights_error` saying where to put the file.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bench.errors import UserError
+from bench.weights import missing_weights_error, resolve_weights
 
 ALEXNET_FILES = ("alexnet-owt-7be5be79.pth", "alexnet-owt-4df8aa71.pth")
 #: torchvision ``features`` index -> lpips slice holding it
@@ -32,13 +33,9 @@ _SLICE_OF = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
 RANDOM_LABEL = "perceptual-random-alexnet"
 
 
-def hub_alexnet_path() -> Path | None:
-    """The first AlexNet weight file present in the torch hub cache, else None."""
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    for name in ALEXNET_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
+def find_alexnet_weights(explicit: str | None, owner: str = "cmr-tto") -> Path | None:
+    """The AlexNet file to load: ``explicit`` (must exist), else the hub cache's, else None."""
+    return resolve_weights(explicit, ALEXNET_FILES, option=f"{owner}.perceptual_weights")
 
 
 class AlexPerceptual(nn.Module):
@@ -95,23 +92,19 @@ def build_perceptual(weights: str | None, allow_random: bool, seed: int = 0,
     Args:
         weights: explicit torchvision AlexNet state-dict path, or None (hub cache, then random).
         allow_random: fall back to seeded random weights when no file is found (untrained runs).
-        seed: seed of the random fallback.
+        seed: seed of the random fallback (the config's ``weights_seed``; not per-instance).
         owner: method name for the error message.
     Returns:
         `AlexPerceptual`; its ``source`` is the file used or ``"random(seed=N)"``.
     Raises:
         UserError: no weights found and random ones are not allowed, or a bad file.
     """
+    path = find_alexnet_weights(weights, owner)
+    if path is None and not allow_random:
+        raise missing_weights_error(f"{owner}'s perceptual-loss weights (torchvision ImageNet AlexNet)",
+                                    ALEXNET_FILES[0], f"--set {owner}.perceptual_weights")
     model = _lpips_model(seed)
-    path = Path(weights) if weights else hub_alexnet_path()
-    if path is not None:
-        if not path.is_file():
-            raise UserError(f"{owner}.perceptual_weights: file {path} not found")
-        load_alexnet_features(model, path)
-        return AlexPerceptual(model, str(path))
-    if not allow_random:
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILES[0]
-        raise UserError(f"{owner} needs the torchvision ImageNet AlexNet weights for its perceptual loss and "
-                        f"will not download them: put {ALEXNET_FILES[0]} at {hub} or pass "
-                        f"--set {owner}.perceptual_weights=PATH")
-    return AlexPerceptual(model, f"random(seed={int(seed)})")
+    if path is None:
+        return AlexPerceptual(model, f"random(seed={int(seed)})")
+    load_alexnet_features(model, path)
+    return AlexPerceptual(model, str(path))

@@ -33,11 +33,15 @@ from bench.render.texture import sample_face_grid
 BACKGROUND = 0.5
 
 
+def unit_quaternion_camera(camera: torch.Tensor) -> torch.Tensor:
+    """(B,7) ``[s, tx, ty, q]`` -> the same camera with q / |q|."""
+    q = camera[:, 3:]
+    return torch.cat([camera[:, :3], q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)], dim=1)
+
+
 def pose(vertices: torch.Tensor, camera: torch.Tensor, renormalize: bool) -> torch.Tensor:
     """Posed + flipped vertices (B,V,3) for the rasteriser; ``renormalize`` divides q by |q|."""
-    s, t, q = split_camera(camera)
-    if renormalize:
-        q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    s, t, q = split_camera(unit_quaternion_camera(camera) if renormalize else camera)
     return project(vertices, s, t, q)
 
 

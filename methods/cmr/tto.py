@@ -12,14 +12,16 @@ mean, BatchNorm runs on its running statistics and Adam is elementwise):
    * CMR: 2 · MSE(silhouette, mask) + 0.5 · perc(render·mask, image·mask)
    * UMR: 2.5 · (1 − soft IoU(silhouette, mask)) + 3.0 · perc(render·silhouette, image·mask)
 
-   with perc the uncalibrated AlexNet distance (:mod:`bench.methods.cmr.perceptual`);
+   with perc the uncalibrated AlexNet distance (:mod:`bench.methods.cmr.perceptual`) and the soft
+   IoU the project's one IoU (:func:`bench.metrics.iou.mask_iou`; UMR's own code adds 1e-6 to the
+   union instead of guarding it, a relative difference below 1e-8 for any non-empty mask);
 4. two Adam optimisers (betas (0, 0.99), eps 1e-8): z with a constant lr (5e-3); (s, t, q) with the
    stage lr ``pose_lrs[k]`` written into the param group before each step, the ``iterations`` split
    evenly over the stages (200 = 4 × 50).
 
-Open choices (see ``shared/spec/baselines.md`` §4): ``renormalize_quat`` (q/|q| inside the projection,
-default True), ``detach_texture_geometry`` (the textured render sees detached vertices and camera,
-as in training; default True).
+:class:`TTOSettings` is the one table of these hyper-parameters: the ``cmr-tto`` / ``umr-tto``
+configs derive from it. Open choices (see ``shared/spec/baselines.md`` §4): ``renormalize_quat``,
+``detach_texture_geometry``.
 """
 from __future__ import annotations
 
@@ -27,25 +29,51 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bench.config import option, require
 from bench.methods.cmr.nets import sample_texture
-from bench.methods.cmr.rendering import pose, render_views_for_loss, resize_image
+from bench.methods.cmr.rendering import pose, render_views_for_loss, resize_image, unit_quaternion_camera
+from bench.metrics.iou import mask_iou
+
+#: the objectives :func:`run_tto` knows (a property of the method, not a config option)
+TTO_LOSSES = ("cmr", "umr")
+#: Adam epsilon of both optimisers (torch's default, as in the official code)
+ADAM_EPS = 1e-8
 
 
 @dataclass
 class TTOSettings:
     """Hyper-parameters of :func:`run_tto` (defaults = the supplement's CMR recipe)."""
 
-    iterations: int = 200
-    latent_lr: float = 5e-3
-    pose_lrs: tuple = (1e-2, 5e-3, 1e-3, 5e-4)
-    betas: tuple = (0.0, 0.99)
-    render_size: int = 256
-    loss: str = "cmr"               # "cmr" | "umr"
-    mask_weight: float = 2.0
-    texture_weight: float = 0.5
-    renormalize_quat: bool = True
-    detach_texture_geometry: bool = True
-    sigmainv: float = 7000.0
+    iterations: int = option(200, help="Adam steps in total, split evenly over the pose_lrs stages "
+                                       "(supplement: 200 = 4 stages x 50)")
+    latent_lr: float = option(5e-3, help="constant Adam learning rate of the latent (supplement: 5e-3)")
+    pose_lrs: list[float] = option([1e-2, 5e-3, 1e-3, 5e-4],
+                                   help="Adam learning rate of the camera (s, t, q), one entry per stage "
+                                        "(supplement: 1e-2, 5e-3, 1e-3, 5e-4)")
+    betas: list[float] = option([0.0, 0.99], help="Adam (beta1, beta2) of both optimisers (supplement: 0, 0.99)")
+    render_size: int = option(256, help="side in pixels of the loss renders, >= 32 for the AlexNet of the "
+                                        "perceptual term (the output render is at the sample's size)")
+    mask_weight: float = option(2.0, help="weight of the mask term (CMR: MSE of the soft silhouette; "
+                                          "CMR training weight 2)")
+    texture_weight: float = option(0.5, help="weight of the perceptual texture term (CMR training weight 0.5)")
+    renormalize_quat: bool = option(True, help="project with q/|q| (open choice, the supplement does not say; "
+                                               "false = MeshInversion's raw quaternion)")
+    detach_texture_geometry: bool = option(True, help="the textured loss render sees detached vertices and "
+                                                      "camera, as in CMR/UMR training (open choice)")
+    sigmainv: float = option(7000.0, help="sharpness of the DIB-R soft silhouette of the mask term")
+
+    def __post_init__(self):
+        require(self.iterations >= 0, "iterations", "must be >= 0", self.iterations)
+        require(self.latent_lr >= 0, "latent_lr", "must be >= 0", self.latent_lr)
+        require(len(self.pose_lrs) >= 1 and all(lr >= 0 for lr in self.pose_lrs), "pose_lrs",
+                "must list at least one learning rate >= 0", self.pose_lrs)
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+                "must be two numbers in [0, 1)", self.betas)
+        require(self.render_size >= 32, "render_size", "must be >= 32 (the AlexNet of the perceptual term "
+                                                       "needs it)", self.render_size)
+        require(self.mask_weight >= 0, "mask_weight", "must be >= 0", self.mask_weight)
+        require(self.texture_weight >= 0, "texture_weight", "must be >= 0", self.texture_weight)
+        require(self.sigmainv > 0, "sigmainv", "must be > 0", self.sigmainv)
 
 
 def stage_of(step: int, iterations: int, stages: int) -> int:
@@ -69,33 +97,48 @@ def prepare(image01: torch.Tensor, mask: torch.Tensor, render_size: int, state: 
                     mask_r=resize_image(mask.unsqueeze(1).to(image01.dtype), size)[:, 0], state=state or {})
 
 
-def objective(net, perceptual, latent: torch.Tensor, camera: torch.Tensor, data: Prepared,
-              st: TTOSettings) -> tuple[torch.Tensor, dict]:
-    """Per-instance loss (B,) and its terms (each (B,), detached)."""
-    R = st.render_size
-    size = (R, R)
-    verts = net.decode_shape(latent, data.state)
-    posed = pose(verts, camera, st.renormalize_quat)
-    flow = net.texture_flow(latent)
-    tex = sample_texture(data.image01, flow, net.texture_align_corners)
-    image, _, sil = render_views_for_loss(posed, net.faces, tex, size, st.sigmainv, st.detach_texture_geometry)
-    m = data.mask_r
-    if st.loss == "cmr":
-        mask_term = ((sil - m) ** 2).flatten(1).mean(dim=1)
-        tex_term = perceptual(image * m.unsqueeze(1), data.image_r * m.unsqueeze(1))
-    elif st.loss == "umr":
-        inter = (sil * m).flatten(1).sum(dim=1)
-        union = (sil + m - sil * m).flatten(1).sum(dim=1)
-        mask_term = 1.0 - inter / (union + 1e-6)
-        tex_term = perceptual(image * sil.unsqueeze(1), data.image_r * m.unsqueeze(1))
+def loss_terms(loss: str, perceptual, image: torch.Tensor, silhouette: torch.Tensor,
+               data: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mask, texture) terms (each (B,)) of objective ``loss`` for renders at the render size.
+
+    Args:
+        loss: ``cmr`` (MSE of the silhouette; texture compared inside the target mask) or ``umr``
+            (1 − soft IoU; the render masked by its own silhouette, the image by the target mask).
+        image: (B,3,R,R) textured render; silhouette: (B,R,R) soft silhouette.
+    """
+    target = data.mask_r
+    if loss == "cmr":
+        mask_term = ((silhouette - target) ** 2).flatten(1).mean(dim=1)
+        render_mask = target
+    elif loss == "umr":
+        mask_term = 1.0 - mask_iou(target, silhouette).to(silhouette.dtype)
+        render_mask = silhouette
     else:
-        raise ValueError(f"unknown TTO loss {st.loss!r}")
-    total = st.mask_weight * mask_term + st.texture_weight * tex_term
-    return total, {"mask": mask_term.detach(), "texture": tex_term.detach()}
+        raise ValueError(f"unknown TTO loss {loss!r}; use one of {TTO_LOSSES}")
+    texture_term = perceptual(image * render_mask.unsqueeze(1), data.image_r * target.unsqueeze(1))
+    return mask_term, texture_term
+
+
+def objective(net, perceptual, latent: torch.Tensor, camera: torch.Tensor, data: Prepared,
+              settings: TTOSettings, loss: str = "cmr") -> tuple[torch.Tensor, dict]:
+    """Per-instance loss (B,) and its terms (each (B,), detached)."""
+    size = (settings.render_size, settings.render_size)
+    posed = pose(net.decode_shape(latent, data.state), camera, settings.renormalize_quat)
+    texture = sample_texture(data.image01, net.texture_flow(latent), net.texture_align_corners)
+    image, _, silhouette = render_views_for_loss(posed, net.faces, texture, size, settings.sigmainv,
+                                                 settings.detach_texture_geometry)
+    mask_term, texture_term = loss_terms(loss, perceptual, image, silhouette, data)
+    total = settings.mask_weight * mask_term + settings.texture_weight * texture_term
+    return total, {"mask": mask_term.detach(), "texture": texture_term.detach()}
+
+
+def _free_camera_parts(camera0: torch.Tensor) -> list[torch.Tensor]:
+    """(B,7) -> leaf tensors s (B,1), t (B,2), q (B,4) requiring grad."""
+    return [camera0[:, a:b].detach().clone().requires_grad_(True) for a, b in ((0, 1), (1, 3), (3, 7))]
 
 
 def run_tto(net, perceptual, data: Prepared, latent0: torch.Tensor, camera0: torch.Tensor,
-            st: TTOSettings) -> dict:
+            settings: TTOSettings, loss: str = "cmr") -> dict:
     """Optimise latent and camera; the network is left untouched.
 
     Args:
@@ -103,38 +146,36 @@ def run_tto(net, perceptual, data: Prepared, latent0: torch.Tensor, camera0: tor
         perceptual: per-image distance (B,) of two (B,3,R,R) [0,1] images.
         data: `Prepared` targets.
         latent0: (B,D) initial latent; camera0: (B,7) initial camera.
+        settings: the hyper-parameters (a `TTOSettings`, e.g. the ``cmr-tto`` config itself).
+        loss: the objective, one of `TTO_LOSSES`.
     Returns:
         dict: ``latent`` (B,D), ``camera`` (B,7) (q normalised when ``renormalize_quat``), ``losses``
         (iterations, B) per-step per-instance objective (evaluated before each step), ``terms``
         {name: (iterations, B)}.
     """
     z = latent0.detach().clone().requires_grad_(True)
-    s = camera0[:, :1].detach().clone().requires_grad_(True)
-    t = camera0[:, 1:3].detach().clone().requires_grad_(True)
-    q = camera0[:, 3:7].detach().clone().requires_grad_(True)
-    betas = tuple(float(b) for b in st.betas)
-    opt_z = torch.optim.Adam([z], lr=float(st.latent_lr), betas=betas, eps=1e-8)
-    opt_pose = torch.optim.Adam([s, t, q], lr=float(st.pose_lrs[0]), betas=betas, eps=1e-8)
+    pose_parts = _free_camera_parts(camera0)
+    betas = tuple(float(b) for b in settings.betas)
+    opt_latent = torch.optim.Adam([z], lr=float(settings.latent_lr), betas=betas, eps=ADAM_EPS)
+    opt_pose = torch.optim.Adam(pose_parts, lr=float(settings.pose_lrs[0]), betas=betas, eps=ADAM_EPS)
     losses, terms = [], {"mask": [], "texture": []}
-    stages = len(st.pose_lrs)
-    for step in range(int(st.iterations)):
+    for step in range(int(settings.iterations)):
+        stage = stage_of(step, settings.iterations, len(settings.pose_lrs))
         for group in opt_pose.param_groups:
-            group["lr"] = float(st.pose_lrs[stage_of(step, st.iterations, stages)])
-        opt_z.zero_grad(set_to_none=True)
+            group["lr"] = float(settings.pose_lrs[stage])
+        opt_latent.zero_grad(set_to_none=True)
         opt_pose.zero_grad(set_to_none=True)
-        camera = torch.cat([s, t, q], dim=1)
-        per_instance, parts = objective(net, perceptual, z, camera, data, st)
+        per_instance, parts = objective(net, perceptual, z, torch.cat(pose_parts, dim=1), data, settings, loss)
         per_instance.sum().backward()
-        opt_z.step()
+        opt_latent.step()
         opt_pose.step()
         losses.append(per_instance.detach())
         for k, v in parts.items():
             terms[k].append(v)
-    camera = torch.cat([s, t, q], dim=1).detach()
-    if st.renormalize_quat:
-        camera = torch.cat([camera[:, :3], camera[:, 3:] / camera[:, 3:].norm(dim=1, keepdim=True).clamp_min(1e-12)], 1)
-    B = latent0.shape[0]
-    empty = latent0.new_zeros(0, B)
+    camera = torch.cat(pose_parts, dim=1).detach()
+    if settings.renormalize_quat:
+        camera = unit_quaternion_camera(camera)
+    empty = latent0.new_zeros(0, latent0.shape[0])
     return {"latent": z.detach(), "camera": camera,
             "losses": torch.stack(losses) if losses else empty,
             "terms": {k: (torch.stack(v) if v else empty) for k, v in terms.items()}}

@@ -4,90 +4,89 @@ Same machinery as CMR (:mod:`bench.methods.cmr.method`), with UMR's network
 (:mod:`bench.methods.umr.nets`), its TTO objective (2.5 · (1 − soft IoU) + 3.0 · perceptual of
 render·silhouette vs image·mask) and its open choices as config fields:
 
-* ``hypothesis``: ``argmax`` (default, deterministic) or ``sample`` (UMR's multinomial draw, seeded
-  with ``seed``) among the 8 camera hypotheses;
+* ``hypothesis``: ``argmax`` (default, deterministic) or ``sample`` (UMR's multinomial draw) among
+  the 8 camera hypotheses;
 * ``shape_code``: ``mean`` (default, μ of the VAE head) or ``sample`` (μ + σ·ε with ε drawn once per
-  instance from ``seed`` and kept fixed during TTO);
+  instance and kept fixed during TTO);
 * ``frame_quaternion``: rotation (w,x,y,z) from UMR's object frame (mirror plane y = 0) to the shared
   frame (mirror plane x = 0). The default, +90° about z, maps UMR's y axis onto x exactly, so meshes
   are symmetric about x = 0; which of UMR's in-plane axes is "up" is not documented anywhere (its
   frame is learned without SfM), so the default sends UMR's +x to +y and should be checked (and
   changed here) against renders of the released model. Projections are unaffected by this choice.
 
+Both ``sample`` options draw from the instance's own seed (:func:`bench.seeds.sample_seed`, i.e.
+``bench run --seed``), so they are reproducible and independent of batching and sharding.
+
+The configs derive from CMR's (:class:`UMRConfig` = ``CMRConfig`` + :class:`UMROptions`,
+:class:`UMRTTOConfig` = ``CMRTTOConfig`` + :class:`UMROptions` with UMR's loss weights).
+
 The checkpoint's batch-sized ``uv_sampler`` buffer is resized before the strict load; row 0 is
 used, and its agreement with our own UV sampler is recorded (``describe()["checkpoint_info"]``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
-
-from bench.errors import UserError
-from bench.methods.cmr.method import FAST_TTO, CMRTTOConfig, MeshNetMethod, MeshNetTTOMethod
-from bench.methods.cmr.nets import build_seeded
+from bench.config import option, require
+from bench.methods.cmr.method import FAST_TTO, CMRConfig, CMRTTOConfig, MeshNetMethod, MeshNetTTOMethod
 from bench.methods.umr.nets import UMRMeshNet
 
-_DEFAULT_FRAME = list(UMRMeshNet.frame_quaternion)
+HYPOTHESIS_MODES = ("argmax", "sample")
+SHAPE_CODES = ("mean", "sample")
 
 
 @dataclass
-class UMRConfig:
-    """``umr``: feed-forward UMR.
+class UMROptions:
+    """UMR's own options (shared by ``umr`` and ``umr-tto``)."""
 
-    Attributes:
-        checkpoint: released ``pred_net_latest.pth``; None -> seeded random weights ("untrained").
-        seed: seed of the untrained weights and of the ``sample`` options.
-        warmup: one dummy forward in `setup` (see ``cmr``).
-        hypothesis: ``argmax`` | ``sample`` camera hypothesis.
-        shape_code: ``mean`` | ``sample`` VAE code for the shape head.
-        frame_quaternion: UMR frame -> shared frame rotation (w, x, y, z).
-    """
+    hypothesis: str = option("argmax", help="camera hypothesis among UMR's 8: argmax (deterministic) or sample "
+                                            "(UMR's multinomial draw, from the instance's seed: bench run --seed)")
+    shape_code: str = option("mean", help="VAE code read by the shape head: mean (mu) or sample (mu + sigma*eps, "
+                                          "eps drawn once per instance from its seed, fixed during TTO)")
+    frame_quaternion: list[float] = option(list(UMRMeshNet.frame_quaternion),
+                                           help="rotation (w, x, y, z) from UMR's object frame (mirror plane "
+                                                "y = 0) to the shared frame (mirror plane x = 0); default +90 deg "
+                                                "about z (UMR's up axis is undocumented: check against renders)")
 
-    checkpoint: Optional[str] = None
-    seed: int = 0
-    warmup: bool = True
-    hypothesis: str = "argmax"
-    shape_code: str = "mean"
-    frame_quaternion: list[float] = field(default_factory=lambda: list(_DEFAULT_FRAME))
+    def __post_init__(self):
+        require(self.hypothesis in HYPOTHESIS_MODES, "hypothesis", "must be 'argmax' or 'sample'", self.hypothesis)
+        require(self.shape_code in SHAPE_CODES, "shape_code", "must be 'mean' or 'sample'", self.shape_code)
+        q = self.frame_quaternion
+        require(len(q) == 4 and sum(float(x) ** 2 for x in q) >= 1e-12, "frame_quaternion",
+                "must be 4 numbers (w, x, y, z), not all zero", q)
 
 
 @dataclass
-class UMRTTOConfig(CMRTTOConfig):
-    """``umr-tto``: UMR + TTO. Fields as ``cmr-tto`` (weights 2.5 / 3.0) plus UMR's options."""
+class UMRConfig(UMROptions, CMRConfig):
+    """``umr``: feed-forward UMR (``cmr``'s fields plus :class:`UMROptions`)."""
 
-    mask_weight: float = 2.5
-    texture_weight: float = 3.0
-    hypothesis: str = "argmax"
-    shape_code: str = "mean"
-    frame_quaternion: list[float] = field(default_factory=lambda: list(_DEFAULT_FRAME))
+    def __post_init__(self):
+        CMRConfig.__post_init__(self)
+        UMROptions.__post_init__(self)
+
+
+@dataclass
+class UMRTTOConfig(UMROptions, CMRTTOConfig):
+    """``umr-tto``: UMR + TTO (``cmr-tto``'s fields with UMR's loss weights, plus :class:`UMROptions`)."""
+
+    mask_weight: float = option(2.5, help="weight of the mask term 1 - soft IoU (UMR training weight 2.5)")
+    texture_weight: float = option(3.0, help="weight of the perceptual texture term (UMR training weight 3.0)")
+
+    def __post_init__(self):
+        CMRTTOConfig.__post_init__(self)
+        UMROptions.__post_init__(self)
 
 
 class _UMRMixin:
     model_name = "UMR"
-
-    def build_net(self, seed):
-        return build_seeded(UMRMeshNet, seed)
-
-    def validate(self) -> None:
-        super().validate()
-        c = self.config
-        if c.hypothesis not in ("argmax", "sample"):
-            raise UserError(f"{self.name}.hypothesis must be 'argmax' or 'sample', got {c.hypothesis!r}")
-        if c.shape_code not in ("mean", "sample"):
-            raise UserError(f"{self.name}.shape_code must be 'mean' or 'sample', got {c.shape_code!r}")
-        self.frame_quaternion()
+    network_class = UMRMeshNet
 
     def configure_net(self, net) -> None:
-        c = self.config
-        net.hypothesis = c.hypothesis
-        net.shape_code = c.shape_code
+        net.hypothesis = self.config.hypothesis
+        net.shape_code = self.config.shape_code
 
     def frame_quaternion(self):
-        q = [float(x) for x in self.config.frame_quaternion]
-        if len(q) != 4 or sum(x * x for x in q) < 1e-12:
-            raise UserError(f"{self.name}.frame_quaternion must be 4 numbers (w, x, y, z), got {q}")
-        return q
+        return [float(x) for x in self.config.frame_quaternion]
 
     def after_load(self, net) -> None:
         diff = (net.uv_sampler[0] - net.own_uv_sampler).abs().max().item()
@@ -121,4 +120,4 @@ class UMRTTOMethod(_UMRMixin, MeshNetTTOMethod):
     loss_kind = "umr"
 
 
-__all__ = ["UMRConfig", "UMRTTOConfig", "UMRMethod", "UMRTTOMethod"]
+__all__ = ["UMROptions", "UMRConfig", "UMRTTOConfig", "UMRMethod", "UMRTTOMethod"]

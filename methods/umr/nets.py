@@ -11,7 +11,8 @@ the released checkpoint (keys in ``fixtures/umr_state_dict_manifest.json``). Dif
   deterministic) or a sample μ + exp(½·logvar)·ε;
 * the texture flow and the camera read the 200-d ``img_feat`` (the latent that TTO optimises);
 * 8 camera hypotheses with probabilities (softmax over per-hypothesis logits); the camera is the
-  argmax (default) or a seeded multinomial sample (what the original code does);
+  argmax (default) or a multinomial sample (what the original code does) drawn from each
+  instance's own seed;
 * ``align_corners``: Upsample False (torch 1.1 default), grid_sample True.
 """
 from __future__ import annotations
@@ -79,13 +80,29 @@ class MultiCamPredictor(nn.Module):
         return torch.stack(cams, dim=1), torch.softmax(torch.stack(logits, dim=1), dim=1)
 
 
-def choose_hypothesis(probs: torch.Tensor, mode: str = "argmax", seed: int = 0) -> torch.Tensor:
-    """Index (B,) of the camera hypothesis: ``argmax`` or a ``sample`` (multinomial, seeded)."""
+def instance_generators(seeds, batch_size: int) -> list[torch.Generator]:
+    """One CPU generator per instance, seeded with its own seed (``None`` -> 0 for every row).
+
+    The methods pass ``bench.seeds.sample_seed(sample)`` per sample, so an instance's draws do not
+    depend on the batch it is in.
+    """
+    seeds = [0] * batch_size if seeds is None else [int(x) for x in seeds]
+    if len(seeds) != batch_size:
+        raise ValueError(f"need one seed per instance: {batch_size} instances, {len(seeds)} seeds")
+    return [torch.Generator(device="cpu").manual_seed(x) for x in seeds]
+
+
+def choose_hypothesis(probs: torch.Tensor, mode: str = "argmax", seeds=None,
+                      generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """Index (B,) of the camera hypothesis: ``argmax`` or a ``sample`` (multinomial, one draw per
+    instance from its own seed or generator)."""
     if mode == "argmax":
         return probs.argmax(dim=1)
     if mode == "sample":
-        g = torch.Generator(device="cpu").manual_seed(int(seed))
-        return torch.multinomial(probs.detach().float().cpu(), 1, generator=g)[:, 0].to(probs.device)
+        gens = generators if generators is not None else instance_generators(seeds, probs.shape[0])
+        p = probs.detach().float().cpu()
+        picks = [torch.multinomial(p[b], 1, generator=g) for b, g in enumerate(gens)]
+        return torch.cat(picks).to(probs.device)
     raise ValueError(f"unknown UMR hypothesis mode {mode!r}; use 'argmax' or 'sample'")
 
 
@@ -122,19 +139,26 @@ class UMRMeshNet(TemplateMixin, nn.Module):
         self.uv_sampler = self.uv_sampler[:1].repeat(int(n), 1, 1, 1).contiguous()
 
     # --- the interface used by the methods and the TTO loop ------------------------------------
-    def encode(self, image01: torch.Tensor, seed: int = 0, **_) -> dict:
+    def encode(self, image01: torch.Tensor, seeds=None, **_) -> dict:
         """One encoder pass.
 
-        Returns ``latent`` (B,200) (= img_feat), ``camera`` (B,7) (the chosen hypothesis),
-        ``hypotheses`` (B,8,7), ``probs`` (B,8), ``hypothesis`` (B,), ``eps`` (B,350) (the VAE noise
-        used when ``shape_code == 'sample'``, drawn once from ``seed``).
+        Args:
+            image01: (B,3,H,W) in [0,1].
+            seeds: one int per instance (``bench.seeds.sample_seed``), or None (0 for every row):
+                instance b's VAE noise and sampled hypothesis come from a generator seeded with
+                ``seeds[b]`` (the noise is drawn first, so it does not depend on the probabilities).
+        Returns:
+            ``latent`` (B,200) (= img_feat), ``camera`` (B,7) (the chosen hypothesis),
+            ``hypotheses`` (B,8,7), ``probs`` (B,8), ``hypothesis`` (B,), ``eps`` (B,350) (the VAE
+            noise used when ``shape_code == 'sample'``).
         """
         latent = self.encoder(encoder_input(image01))
         hyps, probs = self.cam_predictor(latent)
-        idx = choose_hypothesis(probs, self.hypothesis, seed)
+        generators = instance_generators(seeds, latent.shape[0])
+        z_dim = self.shape_predictor.pred_layer.in_features
+        eps = torch.stack([torch.randn(z_dim, generator=g) for g in generators])
+        idx = choose_hypothesis(probs, self.hypothesis, generators=generators)
         camera = hyps[torch.arange(len(idx), device=idx.device), idx]
-        g = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
-        eps = torch.randn(latent.shape[0], self.shape_predictor.pred_layer.in_features, generator=g)
         return {"latent": latent, "camera": camera, "hypotheses": hyps, "probs": probs, "hypothesis": idx,
                 "eps": eps.to(device=latent.device, dtype=latent.dtype)}
 
