@@ -87,6 +87,18 @@ class RunDir:
     def fid_dir(self, method: str, kind: str) -> Path:
         return self.root / "fid" / method / kind
 
+    def fid_image_path(self, method: str, kind: str, instance: str) -> Path:
+        """One FID image of an instance: ``RUN/fid/<method>/<kind>/<instance>.png``."""
+        return self.fid_dir(method, kind) / f"{instance}.png"
+
+    def fid_view_path(self, method: str, kind: str, instance: str, azimuth: int) -> Path:
+        """One canonical view: ``RUN/fid/<method>/<kind>/<instance>_<azimuth, 3 digits>.png``."""
+        return self.fid_dir(method, kind) / f"{instance}_{int(azimuth):03d}.png"
+
+    def fid_features_path(self, method: str, kind: str, fingerprint: str) -> Path:
+        """Cached features of one FID image folder: ``RUN/fid/<method>/<kind>/features-<fingerprint>.pt``."""
+        return self.fid_dir(method, kind) / f"features-{fingerprint}.pt"
+
     @property
     def log_dir(self) -> Path:
         return self.root / "logs"

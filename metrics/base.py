@@ -9,50 +9,62 @@ Two levels (lm-evaluation-harness style: per-instance results kept apart from ag
   to ``RUN/metrics/<name>.json``.
 
 An instance-level metric may also define ``corpus`` (a summary of its per-record values).
+A metric may define ``check(ctx)``: `bench eval` calls it for every chosen metric before any
+computation, so a missing weights or reference file fails before anything is rendered.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from bench.config import option, require
 from bench.store import RunDir
 
 
 @dataclass
 class EvalOptions:
-    """Protocol options of `bench eval` (the same table drives the CLI and the metrics JSON).
+    """Protocol options of `bench eval`: the one table of its CLI options (``--fid-extractor`` ...
+    ``--progress/--quiet`` take their default and help from here) and of the metrics JSON."""
 
-    Attributes:
-        fid_extractor: ``standard`` (TF-Inception FID, torch-fidelity ``inception-v3-compat``) |
-            ``torchvision-inception`` (paper parity) | any torch-fidelity registered extractor.
-        fid_weights: weights file of the extractor (default: the torch hub cache file).
-        fid_reference: ``None``/``auto`` | ``dataset`` | path to an ``.npz`` (FID_10/FID_12 reference).
-        fid10_views: ``paper`` (10 views: without 90° and 270°) | ``official-code`` (11 views: without 270°).
-        device: ``cpu`` | ``cuda`` (feature extraction and rendering).
-        batch_size: images per extractor forward pass.
-        kid_subsets: number of KID subsets (subset size min(n_fake, n_real, 1000)).
-        kid_subset_size: upper bound of the KID subset size.
-        seed: KID subset sampling seed (torch-fidelity's default 2020).
-        fscore_threshold: F-score distance threshold as a fraction of the normalised GT's
-            bounding-box diagonal.
-        num_points: points sampled on each surface for Chamfer / F-score.
-        view_size: resolution of the canonical views (protocol: 256; smaller only for quick checks).
-        progress: show rich progress bars.
-    """
+    fid_extractor: str = option("standard", help="FID feature extractor: standard (TF-Inception FID, torch-fidelity "
+                                "inception-v3-compat) | torchvision-inception (the paper's FID) | any extractor "
+                                "registered with torch-fidelity")
+    fid_weights: str | None = option(None, help="weights file of the FID extractor (default: its file in the torch "
+                                     "hub cache; never downloaded)")
+    fid_reference: str | None = option("auto", help="FID_10/12 reference: an .npz (ConvMesh "
+                                       "precomputed_fid_299x299_testval.npz or mu/sigma) | dataset | auto (synthetic "
+                                       "runs and other extractors: dataset; torchvision-inception on real data: "
+                                       "ConvMesh's npz under <data root>/cache/)")
+    fid10_views: str = option("paper", help="FID_10 views: paper (10: without 90 and 270, as the paper describes) | "
+                              "official-code (11: without 270, what the released code computes)")
+    device: str = option("cpu", help="cpu | cuda | cuda:K (feature extraction and rendering)")
+    batch_size: int = option(40, help="images per extractor forward pass")
+    kid_subsets: int = option(100, help="number of KID subsets")
+    kid_subset_size: int = option(1000, help="upper bound of the KID subset size (each subset: min(n_fake, n_real, "
+                                  "this) images; torch-fidelity's 1000)")
+    seed: int = option(2020, help="KID subset sampling seed (torch-fidelity's 2020)")
+    fscore_threshold: float = option(0.05, help="shape3d F-score threshold, fraction of the normalised ground "
+                                     "truth's bounding-box diagonal")
+    num_points: int = option(10000, help="shape3d: points sampled on each surface for Chamfer-L2 / F-score")
+    view_size: int = option(256, help="canonical-view resolution in pixels (the protocol is 256; smaller only for "
+                            "quick checks; recorded)")
+    progress: bool = option(True, help="show progress bars")
 
-    fid_extractor: str = "standard"
-    fid_weights: str | None = None
-    fid_reference: str | None = None
-    fid10_views: str = "paper"
-    device: str = "cpu"
-    batch_size: int = 40
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    seed: int = 2020
-    fscore_threshold: float = 0.05
-    num_points: int = 10000
-    view_size: int = 256
-    progress: bool = True
+    def __post_init__(self):
+        from bench.devices import parse_device
+        from bench.render.camera import FID10_OPTIONS
+
+        require(bool(self.fid_extractor), "fid_extractor", "must name an extractor", self.fid_extractor)
+        require(self.fid10_views in FID10_OPTIONS, "fid10_views", f"must be one of {', '.join(FID10_OPTIONS)}",
+                self.fid10_views)
+        require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        require(self.kid_subsets >= 1, "kid_subsets", "must be >= 1", self.kid_subsets)
+        require(self.kid_subset_size >= 2, "kid_subset_size", "must be >= 2", self.kid_subset_size)
+        require(self.fscore_threshold > 0, "fscore_threshold", "must be > 0", self.fscore_threshold)
+        require(self.num_points >= 1, "num_points", "must be >= 1", self.num_points)
+        require(self.view_size >= 16 and self.view_size % 4 == 0, "view_size", "must be a multiple of 4 and >= 16",
+                self.view_size)
+        self.device = parse_device(self.device, require_visible=False, option="device")
 
 
 @dataclass
@@ -80,6 +92,14 @@ class EvalContext:
     def failed_records(self, method: str) -> list[dict]:
         return [r for r in self.records(method) if r.get("status") != "ok"]
 
+    def ticker(self, description: str, total: int) -> Callable[..., None]:
+        """A new progress task; call the result (``tick(n=1)``) to advance it (no-op without a bar)."""
+        bar = self.progress
+        if bar is None:
+            return lambda n=1: None
+        task = bar.add_task(description, total=total)
+        return lambda n=1: bar.advance(task, n)
+
 
 class Metric:
     """Base class (optional: any object with ``name``, ``summary``, ``level`` and the method of its
@@ -91,6 +111,9 @@ class Metric:
 
     def instance(self, sample, recon) -> dict[str, float]:  # pragma: no cover - per subclass
         return {}
+
+    def check(self, ctx: "EvalContext") -> None:
+        """Optional: fail with a `UserError` before any metric runs (missing weights, reference file)."""
 
     def corpus(self, ctx: EvalContext) -> dict:  # pragma: no cover - per subclass
         raise NotImplementedError

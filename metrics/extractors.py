@@ -22,19 +22,18 @@ The paper's FID_1/FID_10/FID_12 were computed with the second one; the first is 
 every other paper (and torch-fidelity, pytorch-fid, clean-fid legacy-tf) reports.
 
 Weights are never downloaded: a file given by path (``--fid-weights``) or already in the torch hub
-cache (``$TORCH_HOME/hub/checkpoints/<file>``, i.e. ``torch.hub.get_dir()``); otherwise a
-:class:`bench.errors.UserError` says which file is missing and where it was looked for.
+cache (``$TORCH_HOME/hub/checkpoints/<file>``), found by :mod:`bench.weights`; otherwise a
+:class:`bench.errors.UserError` says which file is missing and where it was looked for. Weight files
+are read with ``torch.load(weights_only=True)``; a truncated one is a one-line error.
 
 Images reach every extractor as ``uint8`` (B,3,H,W) tensors; the caller quantises them the way
 the protocol says (see :mod:`bench.metrics.fid`).
 """
 from __future__ import annotations
 
-from bench.manifest import sha256_file
-
-import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +42,10 @@ import torch.nn.functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from bench import weights
+from bench.devices import parse_device
 from bench.errors import UserError
+from bench.manifest import sha256_file
 
 #: torch-fidelity registry name of the torchvision (paper-parity) extractor.
 TORCHVISION_INCEPTION = "torchvision-inception"
@@ -102,7 +104,7 @@ class TorchvisionInceptionV3(FeatureExtractorBase):
             raise UserError(f"the {name} feature extractor needs a weights file "
                             f"({EXTRACTORS['torchvision-inception'].weights_file}); pass --fid-weights PATH")
         net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
-        state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=False)
+        state = load_weights_file(feature_extractor_weights_path)
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         try:
@@ -170,38 +172,36 @@ def resolve_extractor(name: str) -> tuple[str, ExtractorSpec | None]:
                     "(or a name registered with torch_fidelity.register_feature_extractor)")
 
 
-def hub_checkpoint_dir() -> Path:
-    """Where torch.hub caches weight files (``$TORCH_HOME/hub/checkpoints``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def resolve_weights(name: str, weights_path: str | os.PathLike | None = None) -> Path | None:
-    """The weights file for extractor ``name``: ``weights_path`` if given, else the hub cache file.
+    """The weights file for extractor ``name``: ``weights_path`` if given, else its file in the hub cache
+    (through :func:`bench.weights.resolve_weights`, the one resolver).
 
     Raises:
         UserError: the file does not exist (the message names the file and where it was looked for).
     """
-    _, spec = resolve_extractor(name)
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise UserError(f"FID weights file {path} not found (given by --fid-weights)")
-        return path.resolve()
+    fidelity_name, spec = resolve_extractor(name)
+    path = weights.resolve_weights(weights_path, hub_files=(spec.weights_file,) if spec and spec.weights_file else (),
+                                   option="--fid-weights")
+    if path is not None or (spec is not None and spec.weights_file is None):
+        return path
     if spec is None:
-        fidelity_name, _ = resolve_extractor(name)
-        cls = FEATURE_EXTRACTORS_REGISTRY[fidelity_name]
-        if cls.__module__.startswith("torch_fidelity."):  # its other built-ins would download weights
+        if FEATURE_EXTRACTORS_REGISTRY[fidelity_name].__module__.startswith("torch_fidelity."):
+            # torch-fidelity's other built-ins would download their weights
             raise UserError(f"feature extractor {name!r} needs its weights file given with --fid-weights PATH "
                             "(nothing is downloaded)")
         return None
-    if spec.weights_file is None:
-        return None
-    path = hub_checkpoint_dir() / spec.weights_file
-    if not path.is_file():
-        raise UserError(f"FID weights file {spec.weights_file} for --fid-extractor {spec.name} not found: looked for "
-                        f"{path} (the torch hub cache, $TORCH_HOME/hub/checkpoints); copy it there or pass "
-                        "--fid-weights PATH (nothing is downloaded)")
-    return path
+    raise weights.missing_weights_error(f"FID weights for --fid-extractor {spec.name}",
+                                        spec.weights_file, "--fid-weights")
+
+
+def load_weights_file(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` on CPU; a truncated or foreign file is a one-line `UserError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, pickle with code, not a torch file...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise UserError(f"cannot read FID weights file {path} ({first}); is it complete? copy it again or pass "
+                        "another --fid-weights PATH") from None
 
 
 class FeatureExtractor:
@@ -222,10 +222,8 @@ class FeatureExtractor:
         self.name = name
         self.fidelity_name, self.spec = resolve_extractor(name)
         self.weights_path = resolve_weights(name, weights_path)
-        self.device = str(device)
-        self.cuda = torch.device(device).type == "cuda"
-        if self.cuda and not torch.cuda.is_available():
-            raise UserError("--device cuda requested but CUDA is not available; use --device cpu")
+        self.device = parse_device(device)
+        self.cuda = torch.device(self.device).type == "cuda"
         if self.cuda and torch.device(device).index is not None:
             torch.cuda.set_device(torch.device(device))  # torch-fidelity moves the network with .cuda()
         self.batch_size = int(batch_size)
@@ -234,16 +232,14 @@ class FeatureExtractor:
         kwargs = {"verbose": False}
         if self.weights_path is not None:
             kwargs["feature_extractor_weights_path"] = str(self.weights_path)
+            if cls is not TorchvisionInceptionV3:  # which loads it safely itself; torch-fidelity does not
+                load_weights_file(self.weights_path)
         self.module = create_feature_extractor(self.fidelity_name, [self.feature], cuda=self.cuda, **kwargs)
 
-    @property
+    @cached_property
     def weights_sha256(self) -> str | None:
+        """sha256 of the weights file (hashed once; part of the feature cache key and the metrics JSON)."""
         return sha256_file(self.weights_path) if self.weights_path is not None else None
-
-    def fingerprint(self) -> str:
-        """Short id of (extractor, feature layer, weights) for feature cache keys."""
-        text = f"{self.fidelity_name}|{self.feature}|{self.weights_sha256}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
         return {

@@ -17,11 +17,16 @@ Two sources (``--fid-reference``):
   built its test-val statistics.
 
 Statistics are dicts ``{"mu": (D,) float64, "sigma": (D,D) float64}`` (torch-fidelity's form).
+:class:`ReferenceSource` is the choice made for one run (resolved once, statistics computed once
+per view set); the reference images come from :mod:`bench.metrics.views`, their features from
+:mod:`bench.metrics.features`.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,3 +151,99 @@ def resolve_reference(option: str | None, manifest: dict, extractor: str) -> tup
     if option == "dataset":
         return "dataset", None, ""
     return "npz", Path(option).expanduser(), "given by --fid-reference"
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference of one run
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The FID_10/12 reference for one view set.
+
+    Attributes:
+        statistics: ``{"mu", "sigma"}`` (None: fewer than 2 reference images).
+        features: (N,D) features for KID (None for an ``.npz``: statistics only).
+        description: protocol fields (``reference``, ``reference_images`` | ``reference_path``, ...).
+        note: why there is no statistics, if so.
+    """
+
+    statistics: dict | None
+    features: Any
+    description: dict
+    note: str | None = None
+
+
+class ReferenceSource:
+    """The reference ``--fid-reference`` chose for a run: an ``.npz`` file, or the run's own images
+    (ground-truth views on synthetic data, masked input crops on real data).
+
+    Args:
+        ctx: the `EvalContext`; views: its `ViewRenderer`; features: its `FeatureCache`.
+    """
+
+    def __init__(self, ctx, views, features):
+        self.ctx, self.views, self.features = ctx, views, features
+        self.manifest = ctx.run.read_manifest()
+        self.kind, self.path, self.where = resolve_reference(ctx.options.fid_reference, self.manifest,
+                                                             ctx.options.fid_extractor)
+        self._npz: dict | None = None
+        self._by_angles: dict[tuple, Reference] = {}
+
+    def check(self) -> None:
+        """Fail early (before any rendering) when an ``.npz`` reference is missing or mismatched."""
+        if self.kind == "npz":
+            self.npz()
+
+    def npz(self) -> dict:
+        if self._npz is None:
+            ref = load_reference_npz(self.path, self.where)
+            if ref["format"] == "convmesh-tril" and self.ctx.options.fid_extractor != "torchvision-inception":
+                raise UserError(f"{self.path} holds ConvMesh statistics, computed with torchvision's Inception; use "
+                                "--fid-extractor torchvision-inception with it, or --fid-reference dataset")
+            self._npz = ref
+        return self._npz
+
+    def synthetic(self) -> bool:
+        """Whether the run has ground-truth meshes (then the dataset reference = their views)."""
+        from bench.metrics.views import has_ground_truth
+
+        if dataset_name(self.manifest) == "synthetic":
+            return True
+        run = self.ctx.run
+        for method in run.methods():
+            for rec in self.ctx.ok_records(method)[:1]:
+                return has_ground_truth(run.load_artifact(method, rec["instance"]))
+        return False
+
+    def for_views(self, angles) -> Reference:
+        """The reference of the canonical views at ``angles`` (computed once per angle set)."""
+        angles = tuple(angles)
+        if angles not in self._by_angles:
+            self._by_angles[angles] = self._compute(angles)
+        return self._by_angles[angles]
+
+    def describe(self, angles) -> dict:
+        """Protocol fields of the reference (recorded with FID_10/12)."""
+        return {"reference": "npz" if self.kind == "npz" else "dataset",
+                "reference_path": str(self.path) if self.path else None, **self.for_views(angles).description}
+
+    def _compute(self, angles: tuple) -> Reference:
+        if self.kind == "npz":
+            ref = self.npz()
+            desc = {"reference": "npz", "reference_path": ref["path"], "reference_format": ref["format"],
+                    "reference_num_images": ref["num_images"]}
+            return Reference({"mu": ref["mu"], "sigma": ref["sigma"]}, None, desc)
+        if self.synthetic():
+            images = self.views.gt_view_images(angles)
+            desc = {"reference": "dataset", "reference_images": "ground-truth meshes' canonical views "
+                    "(same views, renderer, background and quantisation as the reconstructions)"}
+        else:
+            images = self.views.dataset_reference_images()
+            desc = {"reference": "dataset", "reference_images": "input crops x mask on grey 0.5 background "
+                    "(ConvMesh test-val recipe), one per instance of the run"}
+        desc["reference_num_images"] = len(images)
+        if len(images) < 2:
+            return Reference(None, None, desc, note="fewer than 2 reference images")
+        feats = self.features.features(images)
+        return Reference(statistics_from_features(feats), feats, desc)

@@ -191,9 +191,6 @@ def _mean(values):
 class Shape3DMetric(Metric):
     """Synthetic GT only: Chamfer-L2, F-score, latent error, PSNR/SSIM of canonical views."""
 
-    name = "shape3d"
-    level = "corpus"
-    summary = "synthetic GT only: Chamfer-L2, F-score, latent error, PSNR/SSIM of canonical views"
     KEYS = ("chamfer_l2", "fscore", "precision", "recall", "latent_error", "psnr", "ssim")
 
     def instance_from_artifact(self, art: dict, pred_views=None, gt_views=None, *, num_points=10000,
@@ -210,10 +207,11 @@ class Shape3DMetric(Metric):
         return out
 
     def corpus(self, ctx: EvalContext) -> dict:
-        from bench.metrics.fid import FID12_ANGLES, FIDEngine, read_png
+        from bench.metrics.images import read_png
+        from bench.metrics.views import FID12_ANGLES, REFERENCE, ViewRenderer, has_ground_truth
 
         opts = ctx.options
-        engine = FIDEngine.of(ctx)
+        views = ViewRenderer(ctx)
         methods = {}
         for method in ctx.methods:
             recs = ctx.ok_records(method)
@@ -221,15 +219,12 @@ class Shape3DMetric(Metric):
             have_gt = []
             for rec in recs:
                 art = ctx.run.load_artifact(method, rec["instance"])
-                if art.get("gt") and art["gt"].get("vertices") is not None and art.get("mesh") is not None:
+                if has_ground_truth(art) and art.get("mesh") is not None:
                     have_gt.append(rec["instance"])
-            if have_gt:
-                views = engine.view_images(method)
-                gt_views = engine.gt_view_images()
-                by_inst = {}
-                for p in views + gt_views:
-                    by_inst.setdefault((p.parent.name, p.name.rsplit("_", 1)[0]), []).append(p)
-            tick = engine._bar(f"{method}: 3D metrics", len(recs))
+            if have_gt:  # the FID_12 renders of the reconstructions and of the ground truth
+                views.view_images(method)
+                views.gt_view_images()
+            tick = ctx.ticker(f"{method}: 3D metrics", len(recs))
             for rec in recs:
                 inst = rec["instance"]
                 if inst not in have_gt:
@@ -237,8 +232,8 @@ class Shape3DMetric(Metric):
                     tick()
                     continue
                 art = ctx.run.load_artifact(method, inst)
-                pv = torch.stack([read_png(p) for p in by_inst[(engine.views_kind, inst)]])
-                gv = torch.stack([read_png(p) for p in by_inst[("gt-" + engine.views_kind, inst)]])
+                pv = torch.stack([read_png(p) for p in views.view_paths(method, inst)])
+                gv = torch.stack([read_png(p) for p in views.view_paths(REFERENCE, inst)])
                 per[inst] = self.instance_from_artifact(art, pv, gv, num_points=opts.num_points,
                                                         fscore_threshold=opts.fscore_threshold)
                 tick()
