@@ -30,6 +30,32 @@ barycentrics are recomputed only for the winning pairs, with DIB-R's analytic ba
 silhouette enumerates only *uncovered* pixels of each expanded bounding box (a prefix count over the
 uncovered-pixel list) and keeps the first ``knum`` faces per pixel. Pairs are processed in chunks of
 at most ``max_pairs`` to bound memory.
+
+DIB-R notation (kaolin e7e5131's ``linear_rasterizer``, as in spec §c) and the names used here:
+
+==============================  ==============================================================
+DIB-R                           here
+==============================  ==============================================================
+``multiplier`` (1000)           ``multiplier`` / :data:`MULTIPLIER` (scale of 2-D coordinates)
+``eps`` (1e-15)                 ``eps`` / :data:`EPS`
+``x0, y0`` (pixel centre)       ``pixel_x, pixel_y``; tables ``x0_tab`` (W,), ``y0_tab`` (H,)
+``ax, ay, bx … cy`` (corners)   ``ax, ay, bx, by, cx, cy`` (scaled corners a, b, c of a face)
+``m, p`` = b - a                ``abx, aby`` (edge vector a→b)
+``n, q`` = c - a                ``acx, acy`` (edge vector a→c)
+``s, t`` = (x0, y0) - a         ``apx, apy`` (vector a→pixel)
+``k1, k2, k3``                  ``_cross(ap, ac)``, ``_cross(ab, ap)``, ``_cross(ab, ac)``;
+                                ``k3 + eps`` is ``denom``
+``w0, w1, w2``                  ``w0, w1, w2`` (barycentric weights of corners a, b, c)
+``depth`` buffer (init -1000)   packed ``best_key`` (z, face) or ``zbuf``/``fbuf``; :data:`DEPTH_INIT`
+``delta`` (= σ⁻¹, sigmainv)      ``sigmainv`` (7000, sharpness of the soft silhouette)
+``expand``                      ``expand`` (bounding-box margin in NDC, 0.02)
+``knum``                        ``knum`` (at most this many faces per uncovered pixel)
+``A, B, C`` (edge line)         ``line_a, line_b, line_c`` (:func:`_line_through`)
+``up``, ``down``                ``residual`` (A·x0 + B·y0 + C), ``norm_sq`` (A² + B²)
+``x3, y3``, ``direct``          ``foot_x, foot_y`` (foot of the perpendicular), ``beyond``
+``pdis`` (6 candidates)         ``candidates`` (3 edge lines, then 3 corners); ``case`` = argmin
+``dis``, ``prob``, ``improb``   ``dist_sq``, ``prob``, ``improb``
+==============================  ==============================================================
 """
 from __future__ import annotations
 
@@ -124,14 +150,27 @@ def _bbox(p2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.minimum(torch.minimum(a, b), c), torch.maximum(torch.maximum(a, b), c)
 
 
+def _column_grid(width: int, multiplier: float) -> tuple[float, float]:
+    """(step, offset) of the column table: ``x0_tab[j] = step·j + offset``."""
+    return 2 * multiplier / width, multiplier / width * (1 - width)
+
+
+def _row_grid(height: int, multiplier: float) -> tuple[float, float]:
+    """(step, offset) of the negated row table: ``-y0_tab[i] = step·i + offset``."""
+    return 2 * multiplier / height, multiplier / height * (1 - height)
+
+
 def _search_uniform(tab: torch.Tensor, x: torch.Tensor, right: bool, scale: float, offset: float) -> torch.Tensor:
     """``torch.searchsorted(tab, x, right=right)`` for a table ``tab[j] = round(scale·j + offset)``.
 
     The index is estimated in double precision and corrected by one step against the table itself,
     so the result is exactly searchsorted's (the grid spacing is far above float rounding).
+
+    Args:
+        tab: (T,) ascending table; x: (…) query values. Returns: (…) int64 in [0, T].
     """
-    n = tab.numel()
-    est = torch.ceil((x.double() - offset) / scale).clamp(0, n).nan_to_num(0).long()
+    size = tab.numel()
+    est = torch.ceil((x.double() - offset) / scale).clamp(0, size).nan_to_num(0).long()
     ext = torch.cat((tab, tab.new_full((1,), float("inf"))))
     below = ext.index_select(0, (est - 1).clamp_min(0))
     at = ext.index_select(0, est)
@@ -141,28 +180,34 @@ def _search_uniform(tab: torch.Tensor, x: torch.Tensor, right: bool, scale: floa
     else:  # first j with tab[j] >= x
         est = est - ((est > 0) & (below >= x)).long()
         est = est + (at < x).long()
-    return est.clamp(0, n)
+    return est.clamp(0, size)
 
 
 def _pixel_ranges(pmin: torch.Tensor, pmax: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, multiplier: float):
     """Half-open bbox test as index ranges: a pixel passes iff ``xmin <= x0 < xmax`` and ``ymin <= y0 < ymax``.
 
+    Args:
+        pmin, pmax: (…,2) scaled bounding-box corners; x0: (W,) column table; y0: (H,) row table.
+
     Returns:
         j_lo, j_hi, i_lo, i_hi (int64, shaped like ``pmin[...,0]``; empty when hi <= lo).
     """
-    W, H = x0.numel(), y0.numel()
-    sx, ox = 2 * multiplier / W, multiplier / W * (1 - W)  # x0[j] = sx·j + ox
-    sy, oy = 2 * multiplier / H, multiplier / H * (1 - H)  # -y0[i] = sy·i + oy
-    ny0 = -y0  # ascending in the row index
-    j_lo = _search_uniform(x0, pmin[..., 0], False, sx, ox)
-    j_hi = _search_uniform(x0, pmax[..., 0], False, sx, ox)
-    i_lo = _search_uniform(ny0, -pmax[..., 1], True, sy, oy)
-    i_hi = _search_uniform(ny0, -pmin[..., 1], True, sy, oy)
+    x_step, x_offset = _column_grid(x0.numel(), multiplier)
+    y_step, y_offset = _row_grid(y0.numel(), multiplier)
+    neg_y0 = -y0  # ascending in the row index
+    j_lo = _search_uniform(x0, pmin[..., 0], False, x_step, x_offset)
+    j_hi = _search_uniform(x0, pmax[..., 0], False, x_step, x_offset)
+    i_lo = _search_uniform(neg_y0, -pmax[..., 1], True, y_step, y_offset)
+    i_hi = _search_uniform(neg_y0, -pmin[..., 1], True, y_step, y_offset)
     return j_lo, j_hi, i_lo, i_hi
 
 
 def _expand(counts: torch.Tensor, total: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Enumerate ``counts[k]`` items for every k: (owner k + start, offset within owner)."""
+    """Enumerate ``counts[k]`` items for every k: (owner k + start, offset within owner).
+
+    Args:
+        counts: (K,) int64, summing to ``total``. Returns: owner (total,), offset (total,) int64.
+    """
     device = counts.device
     owner = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts, output_size=total)
     first = torch.cumsum(counts, 0) - counts
@@ -171,34 +216,159 @@ def _expand(counts: torch.Tensor, total: int, start: int = 0) -> tuple[torch.Ten
 
 
 def _chunks(counts: torch.Tensor, max_pairs: int):
-    """Split owners into consecutive ranges holding at most ~max_pairs items (at least one owner each)."""
+    """Split owners into consecutive ranges holding at most ~max_pairs items (at least one owner each).
+
+    Args:
+        counts: (K,) int64 items per owner. Returns: list of (start, stop, items) owner ranges.
+    """
     total = int(counts.sum())
-    n = counts.numel()
+    num_owners = counts.numel()
     if total <= max_pairs:
-        return [(0, n, total)]
+        return [(0, num_owners, total)]
     ends = torch.cumsum(counts, 0)
     out, start, done = [], 0, 0
-    while start < n:
+    while start < num_owners:
         stop = int(torch.searchsorted(ends, done + max_pairs, right=True))
         stop = max(stop, start + 1)
-        seg = int(ends[stop - 1]) - done
-        out.append((start, stop, seg))
-        done += seg
+        items = int(ends[stop - 1]) - done
+        out.append((start, stop, items))
+        done += items
         start = stop
     return out
+
+
+def _pair_chunks(counts: torch.Tensor, max_pairs: int):
+    """Yield the items of all owners in chunks of at most ~max_pairs, skipping empty chunks.
+
+    Args:
+        counts: (K,) int64 items per owner.
+
+    Yields:
+        owner (P,) int64 global owner index, offset (P,) int64 index of the item within its owner.
+    """
+    for start, stop, total in _chunks(counts, max_pairs):
+        if total == 0:
+            continue
+        yield _expand(counts[start:stop], total, start)
+
+
+def _scaled_face_corners(verts_xy: torch.Tensor, faces: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """(B,N,2) vertex x, y and (F,3) faces -> (B·F,3,2) corner x, y scaled by ``multiplier``."""
+    batch, num_faces = verts_xy.shape[0], faces.shape[0]
+    return verts_xy.index_select(1, faces.reshape(-1)).reshape(batch * num_faces, 3, 2) * multiplier
+
+
+def _has_pixels(j_lo, j_hi, i_lo, i_hi) -> torch.Tensor:
+    """(…) bool: the bounding-box pixel range is non-empty in both directions."""
+    return (j_hi > j_lo) & (i_hi > i_lo)
+
+
+def _is_backfacing(face_verts: torch.Tensor) -> torch.Tensor:
+    """(BF,3,3) face corners -> (BF,) bool: unnormalised normal z ``(p1-p0)×(p2-p0)`` is < 0."""
+    normal_z = torch.linalg.cross(face_verts[:, 1] - face_verts[:, 0], face_verts[:, 2] - face_verts[:, 0],
+                                  dim=-1)[:, 2]
+    return normal_z < 0
+
+
+def _face_rows(face_ids: torch.Tensor, i_lo: torch.Tensor, i_hi: torch.Tensor):
+    """Level 1 of the enumeration: one (face, row) record per bounding-box row of each listed face.
+
+    Args:
+        face_ids: (L,) int64 flat face ids (b·F + f), ascending; i_lo, i_hi: (B·F,) row ranges.
+
+    Returns:
+        rec_face (R,) flat face id of each record (face-major), rows (R,) its image row.
+    """
+    num_rows = (i_hi - i_lo).index_select(0, face_ids)
+    rec_owner, row_offset = _expand(num_rows, int(num_rows.sum()))
+    rec_face = face_ids.index_select(0, rec_owner)
+    rows = i_lo.index_select(0, rec_face) + row_offset
+    return rec_face, rows
 
 
 def _row_span(xa, ya, xb, yb, y):
     """x where the segment (a, b) meets the horizontal line y, as (lo, hi) = (x, x), or (+inf, -inf).
 
     Horizontal edges are skipped: when the line runs along one, the two other edges meet it at the
-    same end points (a degenerate all-flat triangle has no rows at all).
+    same end points (a degenerate all-flat triangle has no rows at all). All arguments are (R,).
     """
     dy = yb - ya
     crosses = ((y - ya) * (y - yb) <= 0) & (dy != 0)
     x = xa + (y - ya) / dy * (xb - xa)
     inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
     return torch.where(crosses, x, inf), torch.where(crosses, x, -inf)
+
+
+def _row_columns(corners, row_y, j_lo, j_hi, x0_tab, multiplier):
+    """Level 2 bounds: the conservative column range of each (face, row) record.
+
+    The row's intersection with the triangle, widened by :data:`SPAN_PAD_PX` pixel, clipped to the
+    bounding-box columns.
+
+    Args:
+        corners: (ax, ay, bx, by, cx, cy), each (R,) scaled; row_y: (R,) scaled row centre;
+        j_lo, j_hi: (R,) bounding-box columns of the record's face; x0_tab: (W,) column table.
+
+    Returns:
+        col_lo (R,) first column, num_cols (R,) number of columns (≥ 0).
+    """
+    ax, ay, bx, by, cx, cy = corners
+    width = x0_tab.numel()
+    lo_ab, hi_ab = _row_span(ax, ay, bx, by, row_y)
+    lo_bc, hi_bc = _row_span(bx, by, cx, cy, row_y)
+    lo_ca, hi_ca = _row_span(cx, cy, ax, ay, row_y)
+    pad = SPAN_PAD_PX * 2 * multiplier / width
+    left = torch.minimum(torch.minimum(lo_ab, lo_bc), lo_ca) - pad
+    right = torch.maximum(torch.maximum(hi_ab, hi_bc), hi_ca) + pad
+    x_step, x_offset = _column_grid(width, multiplier)
+    col_lo = torch.maximum(_search_uniform(x0_tab, left, False, x_step, x_offset), j_lo)
+    col_hi = torch.minimum(_search_uniform(x0_tab, right, True, x_step, x_offset), j_hi)
+    return col_lo, (col_hi - col_lo).clamp_min(0)
+
+
+def _cross(ux, uy, vx, vy):
+    """z of the 2-D cross product ``u × v = ux·vy - vx·uy`` (DIB-R's k1, k2, k3 edge functions)."""
+    return ux * vy - vx * uy
+
+
+def _row_constants(corners, row_y, corner_z, eps):
+    """Per-record constants of DIB-R's barycentric formula (``apy = y0 - ay`` is constant along a row).
+
+    Args:
+        corners: (ax, ay, bx, by, cx, cy), each (R,); row_y: (R,); corner_z: (R,3) corner depths.
+
+    Returns:
+        (R,9): ax, acy, acx·apy, aby, abx·apy, denom = k3 + eps, z0, z1, z2.
+    """
+    ax, ay, bx, by, cx, cy = corners
+    abx, aby, acx, acy = bx - ax, by - ay, cx - ax, cy - ay
+    apy = row_y - ay
+    denom = _cross(abx, aby, acx, acy) + eps
+    return torch.stack((ax, acy, acx * apy, aby, abx * apy, denom,
+                        corner_z[:, 0], corner_z[:, 1], corner_z[:, 2]), dim=1)
+
+
+def _pair_weights_and_depth(row_consts: torch.Tensor, pixel_x: torch.Tensor):
+    """Barycentrics and depth of (face, pixel) pairs in DIB-R's float operation order.
+
+    Args:
+        row_consts: (P,9) :func:`_row_constants` of each pair's record; pixel_x: (P,) scaled x0.
+
+    Returns:
+        w0, w1, w2, z, each (P,).
+    """
+    ax, acy, acx_apy, aby, abx_apy, denom, z0, z1, z2 = row_consts.unbind(1)
+    apx = pixel_x - ax
+    w1 = (apx * acy - acx_apy) / denom  # k1 / (k3 + eps)
+    w2 = (abx_apy - apx * aby) / denom  # k2 / (k3 + eps)
+    w0 = 1 - w1 - w2
+    z = w0 * z0 + w1 * z1 + w2 * z2
+    return w0, w1, w2, z
+
+
+def _covers(w0, w1, w2, z) -> torch.Tensor:
+    """(P,) bool: the pixel is inside the face (all weights ≥ 0) and in front of the empty buffer (NaN fails)."""
+    return (torch.minimum(torch.minimum(w0, w1), w2) >= 0) & (z > DEPTH_INIT)
 
 
 class _Barycentric(torch.autograd.Function):
@@ -210,57 +380,126 @@ class _Barycentric(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xy, vidx, x0, y0, multiplier, eps):
-        # xy (V,2) vertex x, y; vidx (P,3) corner rows of xy; x0, y0 (P,) scaled pixel centres
-        c = xy.index_select(0, vidx.reshape(-1)).reshape(-1, 3, 2) * multiplier
-        ax, ay, bx, by, cx, cy = c.reshape(-1, 6).unbind(1)
-        m, p, n, q, s, t = bx - ax, by - ay, cx - ax, cy - ay, x0 - ax, y0 - ay
-        k1 = s * q - n * t
-        k2 = m * t - s * p
-        den = (m * q - n * p) + eps
-        w1 = k1 / den
-        w2 = k2 / den
+    def forward(ctx, xy, vidx, pixel_x, pixel_y, multiplier, eps):
+        # xy (V,2) vertex x, y; vidx (P,3) corner rows of xy; pixel_x, pixel_y (P,) scaled pixel centres
+        corners = xy.index_select(0, vidx.reshape(-1)).reshape(-1, 3, 2) * multiplier
+        ax, ay, bx, by, cx, cy = corners.reshape(-1, 6).unbind(1)
+        abx, aby, acx, acy, apx, apy = bx - ax, by - ay, cx - ax, cy - ay, pixel_x - ax, pixel_y - ay
+        k1 = _cross(apx, apy, acx, acy)
+        k2 = _cross(abx, aby, apx, apy)
+        denom = _cross(abx, aby, acx, acy) + eps
+        w1 = k1 / denom
+        w2 = k2 / denom
         w0 = 1 - w1 - w2
-        ctx.save_for_backward(vidx, m, p, n, q, s, t, w1, w2, den)
+        ctx.save_for_backward(vidx, abx, aby, acx, acy, apx, apy, w1, w2, denom)
         ctx.num_vertices = xy.shape[0]
         ctx.multiplier = multiplier
         return torch.stack((w0, w1, w2), dim=1)
 
     @staticmethod
     def backward(ctx, grad):
-        vidx, m, p, n, q, s, t, w1, w2, den = ctx.saved_tensors
-        g1 = grad[:, 1] - grad[:, 0]
-        g2 = grad[:, 2] - grad[:, 0]
-        K1 = g1 / den  # dL/dk1
-        K2 = g2 / den  # dL/dk2
-        K3 = -(g1 * w1 + g2 * w2) / den  # dL/dk3
-        Gm = K2 * t + K3 * q
-        Gp = -(K2 * s) - K3 * n
-        Gn = -(K1 * t) - K3 * p
-        Gq = K1 * s + K3 * m
-        Gs = K1 * q - K2 * p
-        Gt = K2 * m - K1 * n
-        corner = torch.stack((-(Gm + Gn + Gs), -(Gp + Gq + Gt), Gm, Gp, Gn, Gq), dim=1) * ctx.multiplier
-        gxy = torch.zeros(ctx.num_vertices, 2, dtype=grad.dtype, device=grad.device)
-        gxy.index_add_(0, vidx.reshape(-1), corner.reshape(-1, 2))
-        return gxy, None, None, None, None, None
+        vidx, abx, aby, acx, acy, apx, apy, w1, w2, denom = ctx.saved_tensors
+        grad_w1 = grad[:, 1] - grad[:, 0]  # w0 = 1 - w1 - w2
+        grad_w2 = grad[:, 2] - grad[:, 0]
+        grad_k1 = grad_w1 / denom
+        grad_k2 = grad_w2 / denom
+        grad_k3 = -(grad_w1 * w1 + grad_w2 * w2) / denom
+        grad_abx = grad_k2 * apy + grad_k3 * acy
+        grad_aby = -(grad_k2 * apx) - grad_k3 * acx
+        grad_acx = -(grad_k1 * apy) - grad_k3 * aby
+        grad_acy = grad_k1 * apx + grad_k3 * abx
+        grad_apx = grad_k1 * acy - grad_k2 * aby
+        grad_apy = grad_k2 * abx - grad_k1 * acx
+        grad_corners = torch.stack((-(grad_abx + grad_acx + grad_apx), -(grad_aby + grad_acy + grad_apy),
+                                    grad_abx, grad_aby, grad_acx, grad_acy), dim=1) * ctx.multiplier
+        grad_xy = torch.zeros(ctx.num_vertices, 2, dtype=grad.dtype, device=grad.device)
+        grad_xy.index_add_(0, vidx.reshape(-1), grad_corners.reshape(-1, 2))
+        return grad_xy, None, None, None, None, None
 
 
 _FACE_BITS = 32
 _KEY_EMPTY = -(2 ** 63)
+_FACE_KEY_MAX = 2 ** 31 - 1
 
 
 def _depth_face_key(z: torch.Tensor, face_key: torch.Tensor) -> torch.Tensor:
     """Order-preserving int64 key: larger float32 z first, then lower face index (``face_key = 2^31-1-f``)."""
-    zi = (z + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0 (they compare equal in DIB-R)
-    zi = torch.where(zi < 0, zi ^ 0x7FFFFFFF, zi)
-    return zi.to(torch.int64) * (1 << _FACE_BITS) + face_key
+    z_bits = (z + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0 (they compare equal in DIB-R)
+    z_bits = torch.where(z_bits < 0, z_bits ^ 0x7FFFFFFF, z_bits)
+    return z_bits.to(torch.int64) * (1 << _FACE_BITS) + face_key
 
 
 def _key_to_depth(key: torch.Tensor) -> torch.Tensor:
-    zi = torch.div(key, 1 << _FACE_BITS, rounding_mode="floor").to(torch.int32)
-    zi = torch.where(zi < 0, zi ^ 0x7FFFFFFF, zi)
-    return zi.view(torch.float32)
+    """Inverse of :func:`_depth_face_key` for the depth: (…) int64 key -> (…) float32 z."""
+    z_bits = torch.div(key, 1 << _FACE_BITS, rounding_mode="floor").to(torch.int32)
+    z_bits = torch.where(z_bits < 0, z_bits ^ 0x7FFFFFFF, z_bits)
+    return z_bits.view(torch.float32)
+
+
+def _zbuffer_update_packed(best_key, pix, z, covers, face_key) -> None:
+    """Depth test via the packed key: ``best_key[pix] = max(best_key[pix], key(z, face))`` in place.
+
+    Args:
+        best_key: (B·H·W,) int64; pix, z, covers, face_key: (P,) per pair.
+    """
+    key = _depth_face_key(z, face_key)
+    best_key.scatter_reduce_(0, pix, torch.where(covers, key, _KEY_EMPTY), reduce="amax", include_self=True)
+
+
+def _zbuffer_decode_packed(best_key, batch, height, width):
+    """Packed key buffer -> (B·H·W,) int64 face index (-1 empty) and a builder of the (B,H,W) depth."""
+    hit = best_key != _KEY_EMPTY
+    face_flat = torch.where(hit, _FACE_KEY_MAX - (best_key & 0xFFFFFFFF), -1)  # low 32 bits = face key
+
+    def depth(best_key=best_key, hit=hit):
+        return torch.where(hit, _key_to_depth(best_key), DEPTH_INIT).reshape(batch, height, width)
+    return face_flat, depth
+
+
+def _zbuffer_update_two_pass(zbuf, fbuf, pix, z, covers, pair_face, num_faces):
+    """Depth test without packing (float64): per-pixel max z, then the lowest face at that z.
+
+    Args:
+        zbuf (B·H·W,) float, fbuf (B·H·W,) int64 buffers; pix, z, covers, pair_face: (P,) per pair.
+
+    Returns:
+        the updated zbuf, fbuf (an earlier chunk, i.e. a lower face index, keeps ties).
+    """
+    size, dtype, device = zbuf.numel(), zbuf.dtype, zbuf.device
+    sel = torch.nonzero(covers).squeeze(1)
+    pix, z, face = pix.index_select(0, sel), z.index_select(0, sel), pair_face.index_select(0, sel)
+    zmax = torch.full((size,), float("-inf"), dtype=dtype, device=device)
+    zmax.scatter_reduce_(0, pix, z, reduce="amax", include_self=True)
+    top = torch.nonzero(z == zmax.index_select(0, pix)).squeeze(1)
+    fmin = torch.full((size,), num_faces, dtype=torch.int64, device=device)
+    fmin.scatter_reduce_(0, pix.index_select(0, top), face.index_select(0, top), reduce="amin", include_self=True)
+    upd = zmax > zbuf  # strict
+    return torch.where(upd, zmax, zbuf), torch.where(upd, fmin, fbuf)
+
+
+def _pixel_coords(pixels: torch.Tensor, height: int, width: int):
+    """(P,) flat indices into B·H·W -> image (P,), row (P,), col (P,) int64."""
+    image = torch.div(pixels, height * width, rounding_mode="floor")
+    in_image = pixels - image * (height * width)
+    row = torch.div(in_image, width, rounding_mode="floor")
+    return image, row, in_image - row * width
+
+
+def _winning_pairs(face_flat, faces, num_verts, height, width, x0_tab, y0_tab):
+    """The covered pixels and what the differentiable barycentrics need for them.
+
+    Args:
+        face_flat: (B·H·W,) int64 winning face (-1 empty); faces: (F,3).
+
+    Returns:
+        pixels (P,) ascending, vidx (P,3) corner rows of the flattened (B·N,2) vertices,
+        pixel_x (P,), pixel_y (P,) scaled pixel centres.
+    """
+    pixels = torch.nonzero(face_flat >= 0).squeeze(1)
+    face = face_flat.index_select(0, pixels)
+    image, row, col = _pixel_coords(pixels, height, width)
+    vidx = faces.index_select(0, face) + (image * num_verts).unsqueeze(1)
+    return pixels, vidx, x0_tab.index_select(0, col), y0_tab.index_select(0, row)
 
 
 def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int, *,
@@ -283,108 +522,62 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int,
     _check_inputs(verts, faces, height, width)
     height, width = int(height), int(width)
     faces = faces.to(device=verts.device, dtype=torch.int64)
-    B, N, _ = verts.shape
-    nF = faces.shape[0]
+    batch, num_verts, _ = verts.shape
+    num_faces = faces.shape[0]
     device, dtype = verts.device, verts.dtype
-    HW = height * width
+    num_pixels = batch * height * width
     x0_tab, y0_tab = _pixel_centres(height, width, multiplier, device, dtype)
-    packed = dtype == torch.float32 and nF < 2 ** 31
+    packed = dtype == torch.float32 and num_faces < 2 ** 31
 
     with torch.no_grad():
-        fv = verts.detach().index_select(1, faces.reshape(-1)).reshape(B * nF, 3, 3)
-        p2 = fv[..., :2] * multiplier  # (BF,3,2) scaled 2-D corners
-        pmin, pmax = _bbox(p2)
-        j_lo, j_hi, i_lo, i_hi = _pixel_ranges(pmin, pmax, x0_tab, y0_tab, multiplier)
-        ok = (j_hi > j_lo) & (i_hi > i_lo)
+        # face setup: corners, bounding-box pixel ranges, culling
+        face_verts = verts.detach().index_select(1, faces.reshape(-1)).reshape(batch * num_faces, 3, 3)
+        corners = face_verts[..., :2] * multiplier  # (BF,3,2) scaled 2-D corners
+        j_lo, j_hi, i_lo, i_hi = _pixel_ranges(*_bbox(corners), x0_tab, y0_tab, multiplier)
+        live = _has_pixels(j_lo, j_hi, i_lo, i_hi)
         if cull_backfaces:
-            normal_z = torch.linalg.cross(fv[:, 1] - fv[:, 0], fv[:, 2] - fv[:, 0], dim=-1)[:, 2]
-            ok &= ~(normal_z < 0)
-        fids = torch.nonzero(ok).squeeze(1)  # live faces (flat b·F + f), ascending
-        nrows = (i_hi - i_lo).index_select(0, fids)
+            live &= ~_is_backfacing(face_verts)
+        # (face, row) records with their column ranges and barycentric constants
+        rec_face, rows = _face_rows(torch.nonzero(live).squeeze(1), i_lo, i_hi)
+        row_y = y0_tab.index_select(0, rows)
+        rec_corners = corners.reshape(batch * num_faces, 6).index_select(0, rec_face).unbind(1)
+        col_lo, num_cols = _row_columns(rec_corners, row_y, j_lo.index_select(0, rec_face),
+                                        j_hi.index_select(0, rec_face), x0_tab, multiplier)
+        rec_z = face_verts[:, :, 2].contiguous().index_select(0, rec_face)
+        row_consts = _row_constants(rec_corners, row_y, rec_z, eps)
+        rec_image = torch.div(rec_face, num_faces, rounding_mode="floor")
+        row_start = rec_image * (height * width) + rows * width  # flat index of (image, row, 0)
+        rec_local_face = rec_face - rec_image * num_faces
 
-        # level 1: (face, row) records
-        rec_f, off = _expand(nrows, int(nrows.sum()))
-        rec_face = fids.index_select(0, rec_f)  # flat face id per record
-        rows = i_lo.index_select(0, rec_face) + off
-        y = y0_tab.index_select(0, rows)
-        c = p2.reshape(B * nF, 6).index_select(0, rec_face)
-        ax, ay, bx, by, cx, cy = c.unbind(1)
-        l0, h0 = _row_span(ax, ay, bx, by, y)
-        l1, h1 = _row_span(bx, by, cx, cy, y)
-        l2, h2 = _row_span(cx, cy, ax, ay, y)
-        pad = SPAN_PAD_PX * 2 * multiplier / width
-        xl = torch.minimum(torch.minimum(l0, l1), l2) - pad
-        xr = torch.maximum(torch.maximum(h0, h1), h2) + pad
-        sx, ox = 2 * multiplier / width, multiplier / width * (1 - width)
-        jl = torch.maximum(_search_uniform(x0_tab, xl, False, sx, ox), j_lo.index_select(0, rec_face))
-        jh = torch.minimum(_search_uniform(x0_tab, xr, True, sx, ox), j_hi.index_select(0, rec_face))
-        ncols = (jh - jl).clamp_min(0)
-        # per-record constants of DIB-R's barycentric formula (t = y0 - ay is constant along a row)
-        m, p, n, q = bx - ax, by - ay, cx - ax, cy - ay
-        t = y - ay
-        den = (m * q - n * p) + eps
-        zc = fv[:, :, 2].contiguous().index_select(0, rec_face)
-        table = torch.stack((ax, q, n * t, p, m * t, den, zc[:, 0], zc[:, 1], zc[:, 2]), dim=1)
-        bidx = torch.div(rec_face, nF, rounding_mode="floor")
-        rowbase = bidx * HW + rows * width
-        rec_local = rec_face - bidx * nF
-
+        # (face, pixel) pairs, chunk by chunk: barycentrics, coverage, depth test
         if packed:
-            best = torch.full((B * HW,), _KEY_EMPTY, dtype=torch.int64, device=device)
-            rec_key = (2 ** 31 - 1) - rec_local
+            best_key = torch.full((num_pixels,), _KEY_EMPTY, dtype=torch.int64, device=device)
+            rec_face_key = _FACE_KEY_MAX - rec_local_face
         else:
-            zbuf = torch.full((B * HW,), DEPTH_INIT, dtype=dtype, device=device)
-            fbuf = torch.full((B * HW,), -1, dtype=torch.int64, device=device)
-        for start, stop, total in _chunks(ncols, max_pairs):
-            if total == 0:
-                continue
-            rec, off = _expand(ncols[start:stop], total, start)
-            cols = jl.index_select(0, rec) + off
-            a_x, q_, nt, p_, mt, den_, az, bz, cz = table.index_select(0, rec).unbind(1)
-            s = x0_tab.index_select(0, cols) - a_x
-            w1 = (s * q_ - nt) / den_
-            w2 = (mt - s * p_) / den_
-            w0 = 1 - w1 - w2
-            z = w0 * az + w1 * bz + w2 * cz
-            keep = (torch.minimum(torch.minimum(w0, w1), w2) >= 0) & (z > DEPTH_INIT)  # NaN fails
-            pix = rowbase.index_select(0, rec) + cols
+            zbuf = torch.full((num_pixels,), DEPTH_INIT, dtype=dtype, device=device)
+            fbuf = torch.full((num_pixels,), -1, dtype=torch.int64, device=device)
+        for rec, col_offset in _pair_chunks(num_cols, max_pairs):
+            cols = col_lo.index_select(0, rec) + col_offset
+            w0, w1, w2, z = _pair_weights_and_depth(row_consts.index_select(0, rec), x0_tab.index_select(0, cols))
+            covers = _covers(w0, w1, w2, z)
+            pix = row_start.index_select(0, rec) + cols
             if packed:
-                key = _depth_face_key(z, rec_key.index_select(0, rec))
-                best.scatter_reduce_(0, pix, torch.where(keep, key, _KEY_EMPTY), reduce="amax", include_self=True)
-                continue
-            sel = torch.nonzero(keep).squeeze(1)
-            pix, z = pix.index_select(0, sel), z.index_select(0, sel)
-            face = rec_local.index_select(0, rec.index_select(0, sel))
-            zmax = torch.full((B * HW,), float("-inf"), dtype=dtype, device=device)
-            zmax.scatter_reduce_(0, pix, z, reduce="amax", include_self=True)
-            top = torch.nonzero(z == zmax.index_select(0, pix)).squeeze(1)
-            fmin = torch.full((B * HW,), nF, dtype=torch.int64, device=device)
-            fmin.scatter_reduce_(0, pix.index_select(0, top), face.index_select(0, top), reduce="amin",
-                                 include_self=True)
-            upd = zmax > zbuf  # strict: an earlier chunk (lower face index) keeps ties
-            zbuf = torch.where(upd, zmax, zbuf)
-            fbuf = torch.where(upd, fmin, fbuf)
+                _zbuffer_update_packed(best_key, pix, z, covers, rec_face_key.index_select(0, rec))
+            else:
+                zbuf, fbuf = _zbuffer_update_two_pass(zbuf, fbuf, pix, z, covers,
+                                                      rec_local_face.index_select(0, rec), num_faces)
 
         if packed:
-            hit = best != _KEY_EMPTY
-            fbuf = torch.where(hit, (2 ** 31 - 1) - (best & 0xFFFFFFFF), -1)  # low 32 bits = face key
-
-            def zbuf(best=best, hit=hit):
-                return torch.where(hit, _key_to_depth(best), DEPTH_INIT).reshape(B, height, width)
+            face_flat, depth = _zbuffer_decode_packed(best_key, batch, height, width)
         else:
-            zbuf = zbuf.reshape(B, height, width)
-        pixels = torch.nonzero(fbuf >= 0).squeeze(1)
-        face = fbuf.index_select(0, pixels)
-        bidx = torch.div(pixels, HW, rounding_mode="floor")
-        rem = pixels - bidx * HW
-        rows = torch.div(rem, width, rounding_mode="floor")
-        vidx = faces.index_select(0, face) + (bidx * N).unsqueeze(1)
-        px0 = x0_tab.index_select(0, rem - rows * width)
-        py0 = y0_tab.index_select(0, rows)
+            face_flat, depth = fbuf, zbuf.reshape(batch, height, width)
+        pixels, vidx, pixel_x, pixel_y = _winning_pairs(face_flat, faces, num_verts, height, width,
+                                                        x0_tab, y0_tab)
 
     # differentiable barycentrics for the winning pairs only (gradient to x, y; none to z)
-    weights = _Barycentric.apply(verts[..., :2].reshape(B * N, 2).contiguous(), vidx, px0, py0, multiplier, eps)
-    return Fragments(face_index=fbuf.reshape(B, height, width), depth=zbuf,
+    weights = _Barycentric.apply(verts[..., :2].reshape(batch * num_verts, 2).contiguous(), vidx,
+                                 pixel_x, pixel_y, multiplier, eps)
+    return Fragments(face_index=face_flat.reshape(batch, height, width), depth=depth,
                      pixels=pixels, weights=weights)
 
 
@@ -444,6 +637,175 @@ def interpolate(fragments: Fragments, corner_attrs: torch.Tensor) -> torch.Tenso
     return out.reshape(B, H, W, C)
 
 
+def _uncovered_in_ranges(uncovered: torch.Tensor, range_start: torch.Tensor, range_stop: torch.Tensor):
+    """The uncovered pixels of flat index ranges, via a prefix count over the uncovered-pixel list.
+
+    Args:
+        uncovered: (B·H·W,) bool; range_start, range_stop: (R,) flat pixel index ranges [start, stop).
+
+    Returns:
+        uncovered_pixels (U,) ascending flat indices, first (R,) position in it of each range's first
+        uncovered pixel, count (R,) uncovered pixels per range.
+    """
+    uncovered_pixels = torch.nonzero(uncovered).squeeze(1)
+    before = torch.cat((torch.zeros(1, dtype=torch.int64, device=uncovered.device), torch.cumsum(uncovered, 0)))
+    first = before.index_select(0, range_start)
+    return uncovered_pixels, first, before.index_select(0, range_stop) - first
+
+
+def _sort_by_pixel(pix: torch.Tensor, face: torch.Tensor):
+    """Stable sort of (pixel, face) pairs by pixel: (P,), (P,) -> (P,), (P,) (face order kept per pixel)."""
+    pix, order = torch.sort(pix, stable=True)
+    return pix, face.index_select(0, order)
+
+
+def _rank_within_pixel(pix: torch.Tensor):
+    """Group pixel-sorted pairs by pixel.
+
+    Args:
+        pix: (P,) sorted flat pixel indices.
+
+    Returns:
+        unique_pix (U,), count (U,) pairs per pixel, group (P,) index into unique_pix,
+        rank (P,) position of the pair within its pixel (0 = first face).
+    """
+    unique_pix, count = torch.unique_consecutive(pix, return_counts=True)
+    group, rank = _expand(count, pix.numel())
+    return unique_pix, count, group, rank
+
+
+def _first_faces_per_pixel(count, first, uncovered_pixels, rec_face, knum, num_pixels, max_pairs):
+    """(uncovered pixel, face) pairs of the records, keeping the first ``knum`` faces per pixel.
+
+    Args:
+        count, first: (R,) from :func:`_uncovered_in_ranges`; uncovered_pixels: (U,);
+        rec_face: (R,) flat face id per record (face-major, ascending).
+
+    Returns:
+        pix (P,) flat pixel, face (P,) flat face id, sorted by pixel then face.
+    """
+    device = count.device
+    taken = torch.zeros(num_pixels, dtype=torch.int64, device=device)  # faces taken so far per pixel
+    kept_pix, kept_face = [], []
+    for rec, offset in _pair_chunks(count, max_pairs):
+        pix = uncovered_pixels.index_select(0, first.index_select(0, rec) + offset)
+        # pairs are face-major: a stable sort by pixel keeps the face order within each pixel
+        pix, face = _sort_by_pixel(pix, rec_face.index_select(0, rec))
+        unique_pix, pix_count, _, rank = _rank_within_pixel(pix)
+        keep = torch.nonzero(rank + taken.index_select(0, pix) < knum).squeeze(1)
+        taken.index_add_(0, unique_pix, pix_count)
+        kept_pix.append(pix.index_select(0, keep))
+        kept_face.append(face.index_select(0, keep))
+    if not kept_pix:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty
+    if len(kept_pix) == 1:
+        return kept_pix[0], kept_face[0]
+    return _sort_by_pixel(torch.cat(kept_pix), torch.cat(kept_face))
+
+
+def _line_through(p1: torch.Tensor, p2: torch.Tensor):
+    """DIB-R's line ``A·x + B·y + C = 0`` through p1, p2 ((…,2) each): A, B, C (…)."""
+    line_a = p2[..., 1] - p1[..., 1]
+    line_b = p1[..., 0] - p2[..., 0]
+    line_c = p2[..., 0] * p1[..., 1] - p1[..., 0] * p2[..., 1]
+    return line_a, line_b, line_c
+
+
+def _line_residual(line_a, line_b, line_c, x, y):
+    """DIB-R's ``up = A·x + B·y + C`` (signed distance times |(A, B)|)."""
+    return line_a * x + line_b * y + line_c
+
+
+def _squared_distance_to_point(x, y, px, py):
+    """``(x - px)² + (y - py)²``."""
+    dx = x - px
+    dy = y - py
+    return dx * dx + dy * dy
+
+
+def _candidate_distances(corners, pixel_x, pixel_y, eps, far):
+    """DIB-R's 6 candidate squared distances ``pdis`` of pixels to faces (no autograd).
+
+    Edge k runs from corner k to corner k+1; an edge whose perpendicular foot falls outside the
+    segment counts as ``far``.
+
+    Args:
+        corners: (P,3,2) scaled face corners; pixel_x, pixel_y: (P,) scaled pixel centres.
+
+    Returns:
+        (P,6): distances to the 3 edge lines, then to the 3 corners.
+    """
+    x1, y1 = corners[:, :, 0], corners[:, :, 1]
+    ends = corners.roll(-1, dims=1)
+    x2, y2 = ends[:, :, 0], ends[:, :, 1]
+    px, py = pixel_x.unsqueeze(1), pixel_y.unsqueeze(1)
+    line_a, line_b, line_c = _line_through(corners, ends)
+    residual = _line_residual(line_a, line_b, line_c, px, py)
+    norm_sq = line_a * line_a + line_b * line_b
+    foot_x = (line_b * line_b * px - line_a * line_b * py - line_a * line_c) / (norm_sq + eps)
+    foot_y = (line_a * line_a * py - line_a * line_b * px - line_b * line_c) / (norm_sq + eps)
+    beyond = (foot_x - x1) * (foot_x - x2) + (foot_y - y1) * (foot_y - y2)  # DIB-R "direct"
+    to_edge = torch.where(beyond > 0, torch.full_like(residual, far), residual * residual / (norm_sq + eps))
+    to_corner = _squared_distance_to_point(px, py, x1, y1)
+    return torch.cat((to_edge, to_corner), dim=1)
+
+
+def _nearest_feature(candidates: torch.Tensor, far: float):
+    """(P,6) candidates -> case (P,) first argmin (DIB-R's strict '>' scan), is_far (P,) bool."""
+    case = torch.argmin(candidates, dim=1)
+    is_far = candidates.gather(1, case.unsqueeze(1)).squeeze(1) >= far  # constant: no gradient
+    return case, is_far
+
+
+def _feature_vertices(face, case, faces, num_faces, num_verts):
+    """Vertex rows (of the flattened (B·N,2) vertices) of the chosen feature.
+
+    Args:
+        face: (P,) flat face id; case: (P,) 0-2 edge k (corners k, k+1), 3-5 corner k-3.
+
+    Returns:
+        v1 (P,) the edge start / the corner, v2 (P,) the edge end (meaningless for corners).
+    """
+    image = torch.div(face, num_faces, rounding_mode="floor")
+    corner_rows = faces.index_select(0, face - image * num_faces)
+    k = torch.where(case < 3, case, case - 3)
+    v1 = corner_rows.gather(1, k.unsqueeze(1)).squeeze(1) + image * num_verts
+    v2 = corner_rows.gather(1, ((k + 1) % 3).unsqueeze(1)).squeeze(1) + image * num_verts
+    return v1, v2
+
+
+def _edge_distances(xy, v1, v2, pixel_x, pixel_y, multiplier, eps):
+    """Differentiable squared distances (scaled) of pixels to the edge lines v1-v2: (E,) each -> (E,)."""
+    p1 = xy.index_select(0, v1) * multiplier
+    p2 = xy.index_select(0, v2) * multiplier
+    line_a, line_b, line_c = _line_through(p1, p2)
+    residual = _line_residual(line_a, line_b, line_c, pixel_x, pixel_y)
+    return residual * residual / (line_a * line_a + line_b * line_b + eps)
+
+
+def _corner_distances(xy, v, pixel_x, pixel_y, multiplier):
+    """Differentiable squared distances (scaled) of pixels to the corners v: (C,) each -> (C,)."""
+    corner = xy.index_select(0, v) * multiplier
+    return _squared_distance_to_point(pixel_x, pixel_y, corner[:, 0], corner[:, 1])
+
+
+def _soft_probability(dist_sq: torch.Tensor, sigmainv: float, multiplier: float) -> torch.Tensor:
+    """(P,) scaled squared distances -> (P,) ``exp(-σ⁻¹ d²)`` with d in NDC units."""
+    return torch.exp(-(sigmainv * dist_sq / multiplier / multiplier))
+
+
+def _union_probability(prob, group, rank, num_groups, knum):
+    """``1 - Π(1 - p)`` per pixel over at most knum faces, in float64 (DIB-R: double per step, float store).
+
+    Args:
+        prob: (P,); group, rank: (P,) from :func:`_rank_within_pixel`. Returns: (num_groups,) float64.
+    """
+    one_minus = torch.ones(num_groups, knum, dtype=torch.float64, device=prob.device)
+    one_minus = one_minus.index_put((group, rank), 1.0 - prob.double())
+    return 1.0 - one_minus.prod(dim=1)
+
+
 def soft_silhouette(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int,
                     sigmainv: float = 7000.0, expand: float = 0.02, knum: int = 30, *,
                     fragments: Fragments | None = None, multiplier: float = MULTIPLIER, eps: float = EPS,
@@ -472,113 +834,48 @@ def soft_silhouette(verts: torch.Tensor, faces: torch.Tensor, height: int, width
     faces = faces.to(device=verts.device, dtype=torch.int64)
     if fragments is None:
         fragments = rasterize(verts, faces, height, width, multiplier=multiplier, eps=eps, max_pairs=max_pairs)
-    B, N, _ = verts.shape
-    nF = faces.shape[0]
+    batch, num_verts, _ = verts.shape
+    num_faces = faces.shape[0]
     device, dtype = verts.device, verts.dtype
-    HW = height * width
     x0_tab, y0_tab = _pixel_centres(height, width, multiplier, device, dtype)
     uncovered = fragments.face_index.reshape(-1) < 0
     far = 4 * multiplier * multiplier
 
     with torch.no_grad():
-        p2 = verts.detach()[..., :2].index_select(1, faces.reshape(-1)).reshape(B * nF, 3, 2) * multiplier
-        pmin, pmax = _bbox(p2)
+        # candidate (uncovered pixel, face) pairs: expanded bounding boxes, first knum faces per pixel
+        corners = _scaled_face_corners(verts.detach()[..., :2], faces, multiplier)  # (BF,3,2)
+        pmin, pmax = _bbox(corners)
         margin = expand * multiplier
         j_lo, j_hi, i_lo, i_hi = _pixel_ranges(pmin - margin, pmax + margin, x0_tab, y0_tab, multiplier)
-        fids = torch.nonzero((j_hi > j_lo) & (i_hi > i_lo)).squeeze(1)
-        nrows = (i_hi - i_lo).index_select(0, fids)
-        rec_f, off = _expand(nrows, int(nrows.sum()))
-        rec_face = fids.index_select(0, rec_f)
-        rows = i_lo.index_select(0, rec_face) + off
-        rowbase = torch.div(rec_face, nF, rounding_mode="floor") * HW + rows * width
-        # uncovered pixels of each record's column range, via a prefix count over the uncovered list
-        upix_all = torch.nonzero(uncovered).squeeze(1)
-        before = torch.cat((torch.zeros(1, dtype=torch.int64, device=device), torch.cumsum(uncovered, 0)))
-        first = before.index_select(0, rowbase + j_lo.index_select(0, rec_face))
-        nun = before.index_select(0, rowbase + j_hi.index_select(0, rec_face)) - first
+        rec_face, rows = _face_rows(torch.nonzero(_has_pixels(j_lo, j_hi, i_lo, i_hi)).squeeze(1), i_lo, i_hi)
+        row_start = torch.div(rec_face, num_faces, rounding_mode="floor") * (height * width) + rows * width
+        uncovered_pixels, first, count = _uncovered_in_ranges(
+            uncovered, row_start + j_lo.index_select(0, rec_face), row_start + j_hi.index_select(0, rec_face))
+        pix, face = _first_faces_per_pixel(count, first, uncovered_pixels, rec_face, knum,
+                                           batch * height * width, max_pairs)
+        unique_pix, _, group, rank = _rank_within_pixel(pix)
 
-        seen = torch.zeros(B * HW, dtype=torch.int64, device=device)  # faces taken so far per pixel
-        kept_pix, kept_face = [], []
-        for start, stop, total in _chunks(nun, max_pairs):
-            if total == 0:
-                continue
-            rec, off = _expand(nun[start:stop], total, start)
-            pix = upix_all.index_select(0, first.index_select(0, rec) + off)
-            face = rec_face.index_select(0, rec)
-            # pairs are face-major: a stable sort by pixel keeps the face order within each pixel
-            pix, order = torch.sort(pix, stable=True)
-            face = face.index_select(0, order)
-            upix, cnt = torch.unique_consecutive(pix, return_counts=True)
-            grp = torch.repeat_interleave(torch.arange(upix.numel(), device=device), cnt, output_size=pix.numel())
-            rank = torch.arange(pix.numel(), device=device) - (torch.cumsum(cnt, 0) - cnt).index_select(0, grp)
-            rank = rank + seen.index_select(0, pix)
-            keep = torch.nonzero(rank < knum).squeeze(1)
-            seen.index_add_(0, upix, cnt)
-            kept_pix.append(pix.index_select(0, keep))
-            kept_face.append(face.index_select(0, keep))
-        if kept_pix:
-            pix, face = torch.cat(kept_pix), torch.cat(kept_face)
-            if len(kept_pix) > 1:
-                pix, order = torch.sort(pix, stable=True)
-                face = face.index_select(0, order)
-        else:
-            pix = face = torch.zeros(0, dtype=torch.int64, device=device)
-        upix, cnt = torch.unique_consecutive(pix, return_counts=True)
-        grp = torch.repeat_interleave(torch.arange(upix.numel(), device=device), cnt, output_size=pix.numel())
-        rank = torch.arange(pix.numel(), device=device) - (torch.cumsum(cnt, 0) - cnt).index_select(0, grp)
-
-        rem = pix - torch.div(pix, HW, rounding_mode="floor") * HW
-        prow = torch.div(rem, width, rounding_mode="floor")
-        x0 = x0_tab.index_select(0, rem - prow * width)
-        y0 = y0_tab.index_select(0, prow)
-        c = p2.index_select(0, face)  # (P,3,2)
-        # the 6 candidate squared distances, in DIB-R's operation order
-        x1, y1 = c[:, :, 0], c[:, :, 1]
-        c2 = c.roll(-1, dims=1)
-        x2, y2 = c2[:, :, 0], c2[:, :, 1]
-        X0, Y0 = x0.unsqueeze(1), y0.unsqueeze(1)
-        A = y2 - y1
-        Bc = x1 - x2
-        C = x2 * y1 - x1 * y2
-        up = A * X0 + Bc * Y0 + C
-        down = A * A + Bc * Bc
-        x3 = (Bc * Bc * X0 - A * Bc * Y0 - A * C) / (down + eps)
-        y3 = (A * A * Y0 - A * Bc * X0 - Bc * C) / (down + eps)
-        direct = (x3 - x1) * (x3 - x2) + (y3 - y1) * (y3 - y2)
-        pdis_edge = torch.where(direct > 0, torch.full_like(up, far), up * up / (down + eps))
-        pdis_vert = (X0 - x1) * (X0 - x1) + (Y0 - y1) * (Y0 - y1)
-        pdis = torch.cat((pdis_edge, pdis_vert), dim=1)
-        case = torch.argmin(pdis, dim=1)  # first minimum, like DIB-R's strict '>' scan
-        is_far = pdis.gather(1, case.unsqueeze(1)).squeeze(1) >= far  # constant: no gradient
-        bidx = torch.div(face, nF, rounding_mode="floor")
-        local = face - bidx * nF
-        e = torch.where(case < 3, case, case - 3)
-        vrow = faces.index_select(0, local)
-        v1 = vrow.gather(1, e.unsqueeze(1)).squeeze(1) + bidx * N
-        v2 = vrow.gather(1, ((e + 1) % 3).unsqueeze(1)).squeeze(1) + bidx * N
-        iedge = torch.nonzero((case < 3) & ~is_far).squeeze(1)
-        ivert = torch.nonzero((case >= 3) & ~is_far).squeeze(1)
-        ifar = torch.nonzero(is_far).squeeze(1)
+        # nearest feature (edge line or corner) of each pair, chosen without autograd
+        _, row, col = _pixel_coords(pix, height, width)
+        pixel_x = x0_tab.index_select(0, col)
+        pixel_y = y0_tab.index_select(0, row)
+        case, is_far = _nearest_feature(
+            _candidate_distances(corners.index_select(0, face), pixel_x, pixel_y, eps, far), far)
+        v1, v2 = _feature_vertices(face, case, faces, num_faces, num_verts)
+        on_edge = torch.nonzero((case < 3) & ~is_far).squeeze(1)
+        on_corner = torch.nonzero((case >= 3) & ~is_far).squeeze(1)
+        far_pairs = torch.nonzero(is_far).squeeze(1)
 
     # differentiable squared distances (scaled units) for the chosen features
-    xy = verts[..., :2].reshape(B * N, 2)
-    P1 = xy.index_select(0, v1.index_select(0, iedge)) * multiplier
-    P2 = xy.index_select(0, v2.index_select(0, iedge)) * multiplier
-    A = P2[:, 1] - P1[:, 1]
-    Bc = P1[:, 0] - P2[:, 0]
-    C = P2[:, 0] * P1[:, 1] - P1[:, 0] * P2[:, 1]
-    up = A * x0.index_select(0, iedge) + Bc * y0.index_select(0, iedge) + C
-    d_edge = up * up / (A * A + Bc * Bc + eps)
-    Pv = xy.index_select(0, v1.index_select(0, ivert)) * multiplier
-    dx = x0.index_select(0, ivert) - Pv[:, 0]
-    dy = y0.index_select(0, ivert) - Pv[:, 1]
-    d_vert = dx * dx + dy * dy
-    dis = torch.zeros(pix.numel(), dtype=dtype, device=device)
-    dis = dis.index_copy(0, iedge, d_edge).index_copy(0, ivert, d_vert).index_fill(0, ifar, far)
-    prob = torch.exp(-(sigmainv * dis / multiplier / multiplier))
-    # Π(1 - p) over at most knum faces; accumulated in float64 (DIB-R: double per step, float store)
-    one_minus = torch.ones(upix.numel(), knum, dtype=torch.float64, device=device)
-    one_minus = one_minus.index_put((grp, rank), 1.0 - prob.double())
-    improb = (1.0 - one_minus.prod(dim=1)).to(dtype)
-    out = (~uncovered).to(dtype).index_copy(0, upix, improb)
-    return out.reshape(B, height, width)
+    xy = verts[..., :2].reshape(batch * num_verts, 2)
+    to_edge = _edge_distances(xy, v1.index_select(0, on_edge), v2.index_select(0, on_edge),
+                              pixel_x.index_select(0, on_edge), pixel_y.index_select(0, on_edge), multiplier, eps)
+    to_corner = _corner_distances(xy, v1.index_select(0, on_corner), pixel_x.index_select(0, on_corner),
+                                  pixel_y.index_select(0, on_corner), multiplier)
+    dist_sq = torch.zeros(pix.numel(), dtype=dtype, device=device)
+    dist_sq = dist_sq.index_copy(0, on_edge, to_edge).index_copy(0, on_corner, to_corner)
+    dist_sq = dist_sq.index_fill(0, far_pairs, far)
+    prob = _soft_probability(dist_sq, sigmainv, multiplier)
+    improb = _union_probability(prob, group, rank, unique_pix.numel(), knum).to(dtype)
+    out = (~uncovered).to(dtype).index_copy(0, unique_pix, improb)
+    return out.reshape(batch, height, width)
