@@ -24,11 +24,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.config import option, require
-from bench.datasets.base import Dataset, Sample
-from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_index_rows, read_sfm
-from bench.datasets.crop import load_cmr_instance, to_float32
+from bench.datasets.cmr_format import CMRFormatDataset
+from bench.datasets.cmr_mat import LayoutRow, read_annotations, read_index_rows, read_sfm
 from bench.errors import InstanceError, UserError
-from bench.manifest import sha256_file
 
 LAYOUT = ("<data_root>/{CUB_200_2011/images/, CUB_200_2011/images.txt, CUB_200_2011/image_class_labels.txt, "
           "cache/data/<split>_cub_cleaned.mat, cache/sfm/anno_<split>.mat, cache/cmr_pred_cam.pth, "
@@ -186,129 +184,6 @@ def read_cmr_cams(path: Path) -> dict[str, tuple[np.ndarray, float]]:
     return out
 
 
-class CUBDataset(Dataset):
-    """CUB test instances with the official crop and camera (lazy: ``load(i)`` reads one photo).
-
-    ``__init__`` reads only the index (the two ``.mat`` files, the label files and, for
-    camera='cmr-pred', ``cmr_pred_cam.pth``) and raises :class:`UserError` for an unusable root.
-
-    ``load(i)`` returns a :class:`Sample` with ``image`` (3,S,S) float32 in [0,1] (white padding),
-    ``mask`` (S,S) float32 {0,1}, ``camera`` (7,) float32 ``[s, tx, ty, qw, qx, qy, qz]``,
-    ``camera_source`` ``'cmr-pred'`` or ``'sfm'`` (the one actually used), ``keypoints`` (15,3) float32,
-    ``class_id`` 0..199, ``meta`` {img_path, rel_path, name, bbox (1-based as stored), crop_bbox
-    (0-based square box), sfm_pose (7 floats), cmr_iou}. :meth:`load_float64` gives the float64 arrays.
-    """
-
-    name: ClassVar[str] = "cub"
-    Config: ClassVar[type] = CUBConfig
-    #: The data protocol is the same under every profile (``fast`` only makes methods cheaper).
-    profiles: ClassVar[dict] = {"paper": {}, "fast": {}}
-    default_num_workers: ClassVar[int] = 2  # decode and crop the next photos while a method runs
-
-    def __init__(self, config: CUBConfig | None = None, run_seed: int = 0, **overrides):
-        config = config or CUBConfig(**overrides)
-        super().__init__(config, run_seed)
-        self.root = resolve_root(config.data_root)
-        rows = list(_presence(self.root, config.split, config.mask, config.camera).values())
-        if any(r.required and not r.present for r in rows):
-            raise UserError(missing_message("CUB data root", self.root, rows, LAYOUT,
-                                            "mask=gt and camera=sfm need neither predicted_mask/ nor "
-                                            "cmr_pred_cam.pth"))
-        self._paths = _paths(self.root, config.split)
-        self.records = read_annotations(self._paths["anno"], keep_mask=config.mask == "gt")
-        self.sfm = read_sfm(self._paths["sfm"])
-        if len(self.sfm) != len(self.records):
-            raise UserError(f"{self._paths['sfm']} has {len(self.sfm)} entries but "
-                            f"{self._paths['anno']} has {len(self.records)}; they must be aligned")
-        self.labels = read_labels(self.root)
-        cams = read_cmr_cams(self._paths["cmr_cams"]) if config.camera == "cmr-pred" else {}
-        self.cmr: list[tuple[np.ndarray, float] | None] = []
-        self.camera_sources: list[str] = []
-        for rec in self.records:
-            entry = cams.get(Path(rec["rel_path"]).stem)
-            self.cmr.append(entry)
-            use = entry is not None and entry[1] > config.cmr_iou_threshold
-            self.camera_sources.append("cmr-pred" if use else "sfm")
-        self._fingerprint: dict[str, str] | None = None
-
-    @classmethod
-    def check_layout(cls, data_root: str | Path, split: str | None = None
-                     ) -> tuple[list[LayoutRow], int | None]:
-        """``bench data check``: every expected path of a CUB root and the instance count
-        (:func:`check_layout`)."""
-        return check_layout(data_root, split)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def image_path(self, i: int) -> Path:
-        return self._paths["images"] / self.records[i]["rel_path"]
-
-    def class_id(self, i: int) -> int:
-        rec = self.records[i]
-        name = Path(rec["rel_path"]).name
-        if name in self.labels:
-            return self.labels[name]
-        if "class_id" in rec["extra"]:  # fall back to the .mat's own 1-based class
-            return int(rec["extra"]["class_id"]) - 1
-        raise InstanceError(f"no class label for {name} in {self._paths['images_txt'].name} / "
-                            f"{self._paths['labels_txt'].name}")
-
-    def load_float64(self, i: int) -> dict[str, Any]:
-        """Instance ``i`` as the official float64 arrays.
-
-        Returns:
-            dict: ``img`` (3,S,S), ``mask`` (S,S), ``kp`` (15,3), ``sfm_pose`` (7,), ``crop_bbox`` (4,)
-            int, ``pose`` (7,) float64 = the camera the inversion starts from, ``camera_source``,
-            ``class_id``, ``img_path``.
-        """
-        pred = self._paths["pred_masks"] / f"{i}.npy" if self.config.mask == "predicted" else None
-        out = load_cmr_instance(self.image_path(i), self.records[i], self.sfm[i], pred,
-                                f"entry {i} of {self._paths['anno'].name}", self.config)
-        source = self.camera_sources[i]
-        out["pose"] = self.cmr[i][0].copy() if source == "cmr-pred" else out["sfm_pose"].copy()
-        out["camera_source"] = source
-        out["class_id"] = self.class_id(i)
-        return out
-
-    def load(self, i: int) -> Sample:
-        if not 0 <= i < len(self):
-            raise IndexError(f"instance {i} out of range (dataset has {len(self)})")
-        out = self.load_float64(i)
-        rec = self.records[i]
-        cmr = self.cmr[i]
-        t = to_float32(out)
-        return Sample(
-            id=self.instance_id(i), index=i,
-            image=t["img"], mask=t["mask"], mask_source=self.config.mask,
-            camera=t["pose"], camera_source=out["camera_source"],
-            class_id=int(out["class_id"]), keypoints=t["kp"],
-            meta={
-                "img_path": out["img_path"], "rel_path": rec["rel_path"], "name": Path(rec["rel_path"]).stem,
-                "bbox": [float(v) for v in rec["bbox"]], "crop_bbox": [int(v) for v in out["crop_bbox"]],
-                "sfm_pose": [float(v) for v in out["sfm_pose"]],
-                "cmr_iou": None if cmr is None else float(cmr[1]),
-            },
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """Manifest fields: config, resolved root, counts, camera-source split and index sha256."""
-        if self._fingerprint is None:
-            keys = ["anno", "sfm"] + (["cmr_cams"] if self.config.camera == "cmr-pred" else [])
-            self._fingerprint = {str(self._paths[k].relative_to(self.root)): sha256_file(self._paths[k])
-                                 for k in keys}
-        info = super().describe()
-        info.update({
-            "data_root": str(self.root),
-            "num_instances": len(self),
-            "mask_source": self.config.mask,
-            "camera_source": self.config.camera,
-            "camera_source_counts": {s: self.camera_sources.count(s) for s in CAMERAS},
-            "index_sha256": dict(self._fingerprint),
-        })
-        return info
-
-
 def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[LayoutRow], int | None]:
     """Rows for every expected CUB path (for the default mask/camera) and the instance count.
 
@@ -338,3 +213,66 @@ def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[
     out.append(LayoutRow(str(p["fid_stats"]), p["fid_stats"].is_file(),
                          "FID_10/FID_12 reference statistics (evaluation only)", False))
     return out, count
+
+
+class CUBDataset(CMRFormatDataset):
+    """CUB test instances with the official crop and camera (lazy: ``load(i)`` reads one photo).
+
+    ``__init__`` reads only the index (the two ``.mat`` files, the label files and, for
+    camera='cmr-pred', ``cmr_pred_cam.pth``) and raises :class:`UserError` for an unusable root.
+
+    ``load(i)`` returns a :class:`Sample` with ``image`` (3,S,S) float32 in [0,1] (white padding),
+    ``mask`` (S,S) float32 {0,1}, ``camera`` (7,) float32 ``[s, tx, ty, qw, qx, qy, qz]``,
+    ``camera_source`` ``'cmr-pred'`` or ``'sfm'`` (the one actually used), ``keypoints`` (15,3) float32,
+    ``class_id`` 0..199, ``meta`` {img_path, rel_path, name, bbox (1-based as stored), crop_bbox
+    (0-based square box), sfm_pose (7 floats), cmr_iou}. :meth:`load_float64` gives the float64 arrays
+    (plus ``camera_source`` and ``class_id``).
+    """
+
+    name: ClassVar[str] = "cub"
+    Config: ClassVar[type] = CUBConfig
+    cameras: ClassVar[tuple[str, ...]] = CAMERAS
+    layout: ClassVar[str] = LAYOUT
+    layout_check = staticmethod(check_layout)
+
+    def __init__(self, config: CUBConfig | None = None, run_seed: int = 0, **overrides):
+        config = config or CUBConfig(**overrides)
+        super().__init__(config, run_seed)
+        self.root = resolve_root(config.data_root)
+        rows = list(_presence(self.root, config.split, config.mask, config.camera).values())
+        self._require_layout("CUB data root", rows, "mask=gt and camera=sfm need neither predicted_mask/ nor "
+                             "cmr_pred_cam.pth")
+        self._paths = _paths(self.root, config.split)
+        self.images_dir, self.pred_dir = self._paths["images"], self._paths["pred_masks"]
+        self._read_index(self._paths["anno"], self._paths["sfm"])
+        self.labels = read_labels(self.root)
+        cams = read_cmr_cams(self._paths["cmr_cams"]) if config.camera == "cmr-pred" else {}
+        self.cmr: list[tuple[np.ndarray, float] | None] = [cams.get(Path(rec["rel_path"]).stem)
+                                                           for rec in self.records]
+        self.camera_sources = ["cmr-pred" if entry is not None and entry[1] > config.cmr_iou_threshold
+                               else "sfm" for entry in self.cmr]
+
+    def class_id(self, i: int) -> int:
+        rec = self.records[i]
+        name = Path(rec["rel_path"]).name
+        if name in self.labels:
+            return self.labels[name]
+        if "class_id" in rec["extra"]:  # fall back to the .mat's own 1-based class
+            return int(rec["extra"]["class_id"]) - 1
+        raise InstanceError(f"no class label for {name} in {self._paths['images_txt'].name} / "
+                            f"{self._paths['labels_txt'].name}")
+
+    def _choose_pose(self, i: int, out: dict[str, Any]) -> None:
+        """The CMR camera where it was chosen, else SfM; also ``camera_source`` and ``class_id``."""
+        source = self.camera_sources[i]
+        out["pose"] = self.cmr[i][0].copy() if source == "cmr-pred" else out["sfm_pose"].copy()
+        out["camera_source"] = source
+        out["class_id"] = self.class_id(i)
+
+    def _extra_meta(self, i: int, rec: dict) -> dict[str, Any]:
+        cmr = self.cmr[i]
+        return {"cmr_iou": None if cmr is None else float(cmr[1])}
+
+    def _index_files(self) -> tuple[Path, list[Path]]:
+        keys = ["anno", "sfm"] + (["cmr_cams"] if self.config.camera == "cmr-pred" else [])
+        return self.root, [self._paths[k] for k in keys]

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.config import option, require
-from bench.datasets.base import Dataset, Sample
-from bench.datasets.cmr_mat import LayoutRow, missing_message, read_annotations, read_index_rows, read_sfm
-from bench.datasets.crop import load_cmr_instance, to_float32
+from bench.datasets.cmr_format import CMRFormatDataset
+from bench.datasets.cmr_mat import LayoutRow, read_annotations, read_index_rows, read_sfm
 from bench.errors import UserError
-from bench.manifest import sha256_file
 
 IMAGES_DIR = "PASCAL3D+_release1.1"
 LAYOUT = ("<data_root>/{PASCAL3D+_release1.1/Images/<category>_pascal|<category>_imagenet/, "
@@ -111,104 +109,6 @@ def _presence(images: Path, anno: Path, split: str, category: str, mask: str,
     }
 
 
-class P3DDataset(Dataset):
-    """PASCAL3D+ instances with the official CMR crop and the SfM camera (lazy).
-
-    ``load(i)`` returns a :class:`Sample` with ``image`` (3,S,S) float32 in [0,1] (white padding),
-    ``mask`` (S,S) float32 {0,1}, ``camera`` (7,) float32 SfM ``[s, tx, ty, qw, qx, qy, qz]``,
-    ``camera_source`` ``'sfm'``, ``keypoints`` (12,3) float32 (cars), ``class_id`` 0 (single category),
-    ``meta`` {img_path, rel_path, name, bbox, crop_bbox, sfm_pose, voc_image_id, voc_rec_id}.
-    """
-
-    name: ClassVar[str] = "p3d"
-    Config: ClassVar[type] = P3DConfig
-    #: The data protocol is the same under every profile (``fast`` only makes methods cheaper).
-    profiles: ClassVar[dict] = {"paper": {}, "fast": {}}
-    default_num_workers: ClassVar[int] = 2  # decode and crop the next photos while a method runs
-
-    def __init__(self, config: P3DConfig | None = None, run_seed: int = 0, **overrides):
-        config = config or P3DConfig(**overrides)
-        super().__init__(config, run_seed)
-        self.root, self.images_dir, self.anno_dir = _resolve(config.data_root, config.anno_root,
-                                                             config.split, config.category)
-        self.pred_dir = (Path(config.predicted_mask_dir).expanduser().resolve() if config.predicted_mask_dir
-                         else self.anno_dir / "predicted_mask")
-        rows = _presence(self.images_dir, self.anno_dir, config.split, config.category, config.mask,
-                         self.pred_dir)
-        self._rows = rows
-        if any(r.required and not r.present for r in rows.values()):
-            raise UserError(missing_message("PASCAL3D+ data root", self.root, list(rows.values()), LAYOUT))
-        self.anno_path = Path(rows["anno"].path)
-        self.sfm_path = Path(rows["sfm"].path)
-        self.records = read_annotations(self.anno_path, keep_mask=config.mask == "gt")
-        self.sfm = read_sfm(self.sfm_path)
-        if len(self.sfm) != len(self.records):
-            raise UserError(f"{self.sfm_path} has {len(self.sfm)} entries but {self.anno_path} has "
-                            f"{len(self.records)}; they must be aligned")
-        self._fingerprint: dict[str, str] | None = None
-
-    @classmethod
-    def check_layout(cls, data_root: str | Path, split: str | None = None
-                     ) -> tuple[list[LayoutRow], int | None]:
-        """``bench data check``: every expected path of a PASCAL3D+ root and the instance count
-        (:func:`check_layout`)."""
-        return check_layout(data_root, split)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def image_path(self, i: int) -> Path:
-        return self.images_dir / self.records[i]["rel_path"]
-
-    def load_float64(self, i: int) -> dict[str, Any]:
-        """Instance ``i`` as float64 arrays: ``img`` (3,S,S), ``mask`` (S,S), ``kp`` (K,3),
-        ``sfm_pose`` (7,), ``crop_bbox`` (4,) int, ``pose`` (7,) (= sfm_pose), ``img_path``."""
-        pred = self.pred_dir / f"{i}.npy" if self.config.mask == "predicted" else None
-        out = load_cmr_instance(self.image_path(i), self.records[i], self.sfm[i], pred,
-                                f"entry {i} of {self.anno_path.name}", self.config)
-        out["pose"] = out["sfm_pose"].copy()
-        return out
-
-    def load(self, i: int) -> Sample:
-        if not 0 <= i < len(self):
-            raise IndexError(f"instance {i} out of range (dataset has {len(self)})")
-        out = self.load_float64(i)
-        rec = self.records[i]
-        t = to_float32(out)
-        meta = {
-            "img_path": out["img_path"], "rel_path": rec["rel_path"], "name": Path(rec["rel_path"]).stem,
-            "bbox": [float(v) for v in rec["bbox"]], "crop_bbox": [int(v) for v in out["crop_bbox"]],
-            "sfm_pose": [float(v) for v in out["sfm_pose"]],
-        }
-        for key in ("voc_image_id", "voc_rec_id"):
-            if key in rec["extra"]:
-                meta[key] = rec["extra"][key]
-        return Sample(
-            id=self.instance_id(i), index=i,
-            image=t["img"], mask=t["mask"], mask_source=self.config.mask,
-            camera=t["pose"], camera_source="sfm", class_id=0, keypoints=t["kp"],
-            meta=meta,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """Manifest fields: config, resolved folders, instance count, index sha256."""
-        if self._fingerprint is None:
-            self._fingerprint = {str(p.relative_to(self.anno_dir)): sha256_file(p)
-                                 for p in (self.anno_path, self.sfm_path)}
-        info = super().describe()
-        info.update({
-            "data_root": str(self.root),
-            "images_dir": str(self.images_dir),
-            "anno_root": str(self.anno_dir),
-            "num_instances": len(self),
-            "mask_source": self.config.mask,
-            "camera_source": "sfm",
-            "camera_source_counts": {"sfm": len(self)},
-            "index_sha256": dict(self._fingerprint),
-        })
-        return info
-
-
 def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[LayoutRow], int | None]:
     """Rows for every expected PASCAL3D+ path (default config) and the instance count.
 
@@ -239,3 +139,41 @@ def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[
                 out.append(LayoutRow(str(images / sub) + "/", (images / sub).is_dir(),
                                      f"{found}/{n} instance images found"))
     return out, count
+
+
+class P3DDataset(CMRFormatDataset):
+    """PASCAL3D+ instances with the official CMR crop and the SfM camera (lazy).
+
+    ``load(i)`` returns a :class:`Sample` with ``image`` (3,S,S) float32 in [0,1] (white padding),
+    ``mask`` (S,S) float32 {0,1}, ``camera`` (7,) float32 SfM ``[s, tx, ty, qw, qx, qy, qz]``,
+    ``camera_source`` ``'sfm'``, ``keypoints`` (12,3) float32 (cars), ``class_id`` 0 (single category),
+    ``meta`` {img_path, rel_path, name, bbox, crop_bbox, sfm_pose, voc_image_id, voc_rec_id}.
+    """
+
+    name: ClassVar[str] = "p3d"
+    Config: ClassVar[type] = P3DConfig
+    cameras: ClassVar[tuple[str, ...]] = CAMERAS
+    layout: ClassVar[str] = LAYOUT
+    layout_check = staticmethod(check_layout)
+
+    def __init__(self, config: P3DConfig | None = None, run_seed: int = 0, **overrides):
+        config = config or P3DConfig(**overrides)
+        super().__init__(config, run_seed)
+        self.root, self.images_dir, self.anno_dir = _resolve(config.data_root, config.anno_root,
+                                                             config.split, config.category)
+        self.pred_dir = (Path(config.predicted_mask_dir).expanduser().resolve() if config.predicted_mask_dir
+                         else self.anno_dir / "predicted_mask")
+        rows = _presence(self.images_dir, self.anno_dir, config.split, config.category, config.mask,
+                         self.pred_dir)
+        self._rows = rows
+        self._require_layout("PASCAL3D+ data root", list(rows.values()))
+        self._read_index(Path(rows["anno"].path), Path(rows["sfm"].path))
+
+    def _extra_meta(self, i: int, rec: dict) -> dict[str, Any]:
+        return {key: rec["extra"][key] for key in ("voc_image_id", "voc_rec_id") if key in rec["extra"]}
+
+    def _index_files(self) -> tuple[Path, list[Path]]:
+        return self.anno_dir, [self.anno_path, self.sfm_path]
+
+    def _describe_roots(self) -> dict[str, str]:
+        return {"images_dir": str(self.images_dir), "anno_root": str(self.anno_dir)}
