@@ -88,6 +88,7 @@ class Method:
     """
 
     name: ClassVar[str] = ""
+    #: one line for ``bench ls``: third-party methods only (a built-in's is its registry entry)
     summary: ClassVar[str] = ""
     Config: ClassVar[type] = object
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}

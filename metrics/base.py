@@ -3,12 +3,14 @@
 Two levels (lm-evaluation-harness style: per-instance results kept apart from aggregation):
 
 * ``level = "instance"``: ``instance(sample, recon) -> dict`` runs inside ``bench run`` on each
-  reconstruction (IoU, latency); the values land in the record's ``metrics``.
+  reconstruction (IoU); the values land in the record's ``metrics``.
 * ``level = "corpus"``: ``corpus(ctx) -> dict`` runs in ``bench eval`` over the whole run directory
   (all shards' records) and returns ``{"protocol": {...}, "methods": {method: {...}}}``, written
   to ``RUN/metrics/<name>.json``.
 
-An instance-level metric may also define ``corpus`` (a summary of its per-record values).
+A metric's level, summary and report columns are its entry in :mod:`bench.registry` (a
+third-party metric gives them as class attributes of the same names). An instance-level metric may
+also define ``corpus`` (a summary of its per-record values).
 A metric may define ``check(ctx)``: `bench eval` calls it for every chosen metric before any
 computation, so a missing weights or reference file fails before anything is rendered.
 """
@@ -102,10 +104,9 @@ class EvalContext:
 
 
 class Metric:
-    """Base class (optional: any object with ``name``, ``summary``, ``level`` and the method of its
-    level works)."""
+    """Base class (optional: any object with the method of its level works). Built-ins are described
+    by their registry entry; a plugin sets ``summary``, ``level`` and ``columns`` here."""
 
-    name: str = ""
     summary: str = ""
     level: str = "corpus"
 

@@ -371,7 +371,6 @@ class CMRMethod(MeshNetMethod):
     """CMR feed-forward prediction (one encoder pass)."""
 
     name = "cmr"
-    summary = "CMR feed-forward prediction (one encoder pass)"
     Config = CMRConfig
     profiles = {"paper": {}, "fast": {}}
     model_name = "CMR"
@@ -381,7 +380,6 @@ class CMRTTOMethod(MeshNetTTOMethod):
     """CMR + test-time optimisation of latent and camera (mask MSE ×2 + perceptual ×0.5)."""
 
     name = "cmr-tto"
-    summary = "CMR + test-time optimisation of latent and camera (mask MSE + perceptual)"
     Config = CMRTTOConfig
     profiles = {"paper": {}, "fast": dict(FAST_TTO)}
     model_name = "CMR"

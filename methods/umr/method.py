@@ -105,7 +105,6 @@ class UMRMethod(_UMRMixin, MeshNetMethod):
     """UMR feed-forward prediction (one encoder pass)."""
 
     name = "umr"
-    summary = "UMR feed-forward prediction (one encoder pass)"
     Config = UMRConfig
     profiles = {"paper": {}, "fast": {}}
 
@@ -114,7 +113,6 @@ class UMRTTOMethod(_UMRMixin, MeshNetTTOMethod):
     """UMR + test-time optimisation of latent and camera ((1 − soft IoU) ×2.5 + perceptual ×3.0)."""
 
     name = "umr-tto"
-    summary = "UMR + test-time optimisation of latent and camera (soft IoU + perceptual)"
     Config = UMRTTOConfig
     profiles = {"paper": {}, "fast": dict(FAST_TTO)}
     loss_kind = "umr"
