@@ -15,14 +15,14 @@ from bench.config import build_config
 from bench.errors import UserError
 from bench.methods.base import Reconstruction
 from bench.methods.meshinversion.config import PROFILES, InversionConfig
-from bench.methods.meshinversion.inverter import instance_seed
 from bench.methods.meshinversion.method import MeshInversionMethod
 from bench.methods.meshinversion.render import render
 from bench.datasets.base import Sample
+from bench.seeds import sample_seed
 from bench.render.camera import canonical_quaternion, quat_mul
 
 SMALL = {"render_size": "64", "select_num": "4", "init_batch_size": "3", "iterations": "[2,1,1,1]",
-         "chamfer_resolution": "512", "warmup_iterations": "0"}
+         "chamfer_resolution": "512", "warmup_passes": "0"}
 
 
 def make_method(profile="fast", small=True, **overrides) -> MeshInversionMethod:
@@ -77,7 +77,7 @@ def test_profiles_and_paper_defaults():
     paper = build_config(InversionConfig, "paper", PROFILES)
     assert paper.select_num == 500 and paper.iterations == [50, 50, 50, 50]
     assert paper.z_lrs == [1e-1, 5e-2, 1e-2, 5e-3] and paper.pose_lrs == [1e-2, 5e-3, 1e-3, 5e-4]
-    assert paper.betas == (0.0, 0.99) and paper.warm_up == 0 and paper.render_size == 256
+    assert paper.betas == (0.0, 0.99) and paper.lr_warmup_steps == 0 and paper.render_size == 256
     assert paper.chamfer_resolution == 8192 and paper.feat_loss_weight == 0.04
     assert (paper.mask_loss_weight, paper.pixel_loss_weight, paper.nll_loss_weight) == (10.0, 1.0, 0.05)
     assert paper.checkpoint is None and paper.carry_optimizer_state is False
@@ -94,7 +94,7 @@ def test_profiles_and_paper_defaults():
 def test_learning_rate_schedule():
     cfg = InversionConfig(iterations=[2, 1, 1], z_lrs=[1.0, 0.5, 0.25], pose_lrs=[0.1, 0.05, 0.025])
     assert [cfg.learning_rates(s) for s in range(4)] == [(1.0, 0.1), (1.0, 0.1), (0.5, 0.05), (0.25, 0.025)]
-    warm = InversionConfig(warm_up=4)
+    warm = InversionConfig(lr_warmup_steps=4)
     assert warm.learning_rates(0) == pytest.approx((0.1 / 4, 0.01 / 4))  # official 1-based counter
     assert warm.learning_rates(3) == pytest.approx((0.1, 0.01))
 
@@ -197,7 +197,7 @@ def test_stale_outputs_are_one_step_behind(small):
     assert rec.info["outputs"].startswith("last forward")
     assert not torch.equal(rec.camera, s.camera)
     with torch.no_grad():
-        seed = instance_seed(method.config.seed, s.id)
+        seed = sample_seed(s)
         z0 = torch.randn(4, 64, generator=torch.Generator().manual_seed(seed))[rec.info["chosen_candidate"]]
         tex, mm = method.generator(z0[None], torch.tensor([s.class_id]))
         cam = s.camera
@@ -226,19 +226,19 @@ def test_carry_optimizer_state(small):
 def test_weights_policy(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     ckpt = tmp_path / "checkpoint_latest.pth"
-    demo = MeshInversionMethod(InversionConfig(feat_loss=False, warmup_iterations=0))
+    demo = MeshInversionMethod(InversionConfig(feat_loss=False, warmup_passes=0))
     demo.setup("cpu")
     assert demo.feature_term == "off" and "no feature loss" in demo.labels()
     torch.save({"generator_running_avg": demo.generator.state_dict()}, ckpt)
-    real = MeshInversionMethod(InversionConfig(checkpoint=str(ckpt), warmup_iterations=0))
+    real = MeshInversionMethod(InversionConfig(checkpoint=str(ckpt), warmup_passes=0))
     with pytest.raises(UserError, match="vgg19-dcbb9e9d.pth") as err:
         real.setup("cpu")
     assert str(tmp_path / "torch_home") in str(err.value) and "feat_loss=false" in str(err.value)
-    real = MeshInversionMethod(InversionConfig(checkpoint=str(ckpt), feat_loss=False, warmup_iterations=0))
+    real = MeshInversionMethod(InversionConfig(checkpoint=str(ckpt), feat_loss=False, warmup_passes=0))
     real.setup("cpu")
     assert real.labels() == ["no feature loss"]
     assert real.describe()["weights"]["checkpoint"]["sha256"]
-    missing = MeshInversionMethod(InversionConfig(vgg_weights=str(tmp_path / "nope.pth"), warmup_iterations=0))
+    missing = MeshInversionMethod(InversionConfig(vgg_weights=str(tmp_path / "nope.pth"), warmup_passes=0))
     with pytest.raises(UserError, match="nope.pth"):
         missing.setup("cpu")
 

@@ -1,149 +1,96 @@
 """Hyper-parameters of MeshInversion's test-time inversion (:class:`InversionConfig`) and profiles.
 
-One dataclass, one table: the CLI (``--set ours.<field>=<value>``), the run manifest and
-``docs/meshinversion.md`` all read these fields. Defaults (= the ``paper`` profile) are the values
-the released code runs (``mi:lib/arguments.py``, ``mi:lib/mesh_inversion.py``); where the paper or
-its supplement states a different value, the field's comment says so.
+One dataclass, one table: the CLI (``--set ours.<field>=<value>``), the run manifest, ``bench config
+ours`` and ``docs/meshinversion.md`` all read these fields and their one-line helps. Defaults (= the
+``paper`` profile) are the values the released code runs (``mi:lib/arguments.py``,
+``mi:lib/mesh_inversion.py``); where the paper or its supplement states another value, the help says
+so. The loss fields (weights, switches, Chamfer and gate parameters) are inherited from
+:class:`.losses.LossConfig`, their one home.
+
+Randomness is per instance and comes from the runner (:func:`bench.seeds.sample_seed`): each
+instance draws its candidates and Chamfer subsamples from its own seed, so results do not depend on
+batching, sharding or order (the official code uses one global stream seeded 1234).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
-from bench.errors import UserError
+from bench.config import option, require
 
 from .losses import LossConfig
 
-_LOSS = LossConfig()
-
 
 @dataclass
-class InversionConfig:
-    """MeshInversion inversion settings.
+class InversionConfig(LossConfig):
+    """MeshInversion inversion settings (the loss fields come from :class:`.losses.LossConfig`).
 
-    Weights
-        checkpoint: generator checkpoint path (official ``checkpoint_latest.pth`` with
-            ``generator_running_avg``, or a plain state dict); ``None`` = the untrained, seeded demo
-            generator (results labelled ``untrained``).
-        vgg_weights: torchvision VGG19 ImageNet weights (``vgg19-dcbb9e9d.pth``); ``None`` = the torch
-            hub cache. With the demo generator and no file, seeded random VGG19 weights are used and
-            labelled ``random vgg19``; with a real checkpoint a missing file is an error unless
-            ``feat_loss`` is False.
-        feat_loss: use the feature-level Chamfer texture term (needs VGG19).
+    Weights policy of ``vgg_weights``: with the demo generator and no file anywhere, seeded random
+    VGG19 weights are used and labelled ``random vgg19``; with a real checkpoint a missing file is an
+    error unless ``feat_loss`` is False.
 
-    Latent initialisation (``init_z``)
-        select_num: number of random N(0,I) candidates; the one with the lowest loss at the initial
-            pose is the starting latent (official 500).
-        init_batch_size: candidates evaluated per forward batch (official 1 — its Chamfer code
-            asserts batch 1; any value gives the same choice here).
-        init_with_prior: add the NLL prior of each *candidate* to its score. Official False: the
-            released code evaluates the prior on the *current* latent, a constant offset that does
-            not influence the choice; False reproduces that choice exactly.
-
-    Optimisation (``run``)
-        iterations: steps per stage (official [50, 50, 50, 50]).
-        z_lrs / pose_lrs: Adam learning rate of the latent / the pose per stage.
-        warm_up: linear LR warm-up steps (LR x step/warm_up while step < warm_up; 0 = off).
-        betas, adam_eps: Adam hyper-parameters (official (0, 0.99), 1e-8).
-        carry_optimizer_state: official behaviour: the two Adam optimisers (step count, second
-            moments) persist across instances processed by one method object. Default False: fresh
-            state per instance (a documented deviation; exact official numbers need True, batch
-            size 1 and the official instance order).
-        stale_outputs: official behaviour: the returned texture/mesh/render come from the last
-            forward pass, one Adam step *before* the returned latent/camera. Default False: one extra
-            no-grad forward at the final latent/camera, so every output is consistent.
-        update_pose: optimise the camera (official True, cannot be switched off there).
-
-    Losses (spec §d; ``total = w_mask L_mask + w_pix L_pix + w_feat L_feat + w_nll L_nll [+ w_flat L_flat]``)
-        mask_loss_weight 10, pixel_loss_weight 1, nll_loss_weight 0.05.
-        feat_loss_weight: 0.04 = the released code's default; the supplement states 0.05.
-        mesh_regularization / flat_loss_weight: ConvMesh flatness term (official off, 5e-5).
-        chamfer_resolution: random subsample size of the Chamfer texture point sets (8192).
-        xy_threshold (0.16), xy_k (1), xy_alpha (1), rgb_eps (1): the xy gate and colour epsilon.
-        mask_threshold: target/prediction pixels with mask > this are points (0.9).
-        subpool_threshold: pooled-mask threshold of the feature term (0.5).
-
-    Rendering
-        render_size: the fit resolution (official 256, the crop size). Samples of another size are
-            resized to it for the fit (image bilinear, mask nearest); the returned image/mask are
-            rendered at the sample's own size so metrics compare like with like.
-
-    Reproducibility
-        seed: base seed; each instance draws its candidates and Chamfer subsamples from its own
-            generator seeded from (seed, sample id), so results do not depend on batching, sharding
-            or order (the official code uses one global stream seeded 1234).
-        batch_invariant: evaluate the generator and VGG one instance at a time inside a batch, so
-            a batch of B gives bitwise the same result as B separate runs (CPU convolution kernels
-            change with the batch size by ~1e-6, which the inversion amplifies). None = auto: on for
-            CPU (batching the networks gains little there), off for CUDA (throughput).
-        warmup_iterations: untimed forward/backward passes in ``setup`` (CUDA/cuDNN warm-up).
+    Deviations with an official switch: ``carry_optimizer_state`` (the released code's Adam state
+    persists across instances; exact official numbers need True, batch size 1 and the official
+    instance order), ``stale_outputs`` (the released code saves the texture/mesh/render of the last
+    forward pass, one Adam step *before* the saved latent/camera). ``init_with_prior`` False
+    reproduces the official choice exactly: the released code adds the prior of the *current*
+    latent, a constant offset over the candidates.
     """
 
-    checkpoint: Optional[str] = None
-    vgg_weights: Optional[str] = None
-    feat_loss: bool = True
+    # weights
+    checkpoint: Optional[str] = option(
+        None, help="generator checkpoint (official checkpoint_latest.pth or a state dict); None = untrained demo")
+    vgg_weights: Optional[str] = option(
+        None, help="torchvision VGG19 ImageNet weights vgg19-dcbb9e9d.pth for feat_loss; None = the torch hub cache")
 
-    select_num: int = 500
-    init_batch_size: int = 50
-    init_with_prior: bool = False
+    # latent initialisation (init_z)
+    select_num: int = option(
+        500, help="random N(0,I) latent candidates per instance; the best one starts (official 500)")
+    init_batch_size: int = option(
+        50, help="candidates scored per forward pass (official 1; any value gives the same choice)")
+    init_with_prior: bool = option(
+        False, help="add each candidate's own NLL prior to its score (official False: a constant offset there)")
 
-    iterations: list[int] = field(default_factory=lambda: [50, 50, 50, 50])
-    z_lrs: list[float] = field(default_factory=lambda: [1e-1, 5e-2, 1e-2, 5e-3])
-    pose_lrs: list[float] = field(default_factory=lambda: [1e-2, 5e-3, 1e-3, 5e-4])
-    warm_up: int = 0
-    betas: tuple[float, float] = (0.0, 0.99)
-    adam_eps: float = 1e-8
-    carry_optimizer_state: bool = False
-    stale_outputs: bool = False
-    update_pose: bool = True
+    # optimisation (run)
+    iterations: list[int] = option([50, 50, 50, 50], help="Adam steps per stage (official [50, 50, 50, 50])")
+    z_lrs: list[float] = option([1e-1, 5e-2, 1e-2, 5e-3], help="latent learning rate per stage (official values)")
+    pose_lrs: list[float] = option([1e-2, 5e-3, 1e-3, 5e-4], help="camera learning rate per stage (official values)")
+    lr_warmup_steps: int = option(
+        0, help="linear LR warm-up: LR x step/lr_warmup_steps while the 1-based step is below it (official 0 = off)")
+    betas: tuple[float, float] = option((0.0, 0.99), help="Adam betas (official (0, 0.99))")
+    adam_eps: float = option(1e-8, help="Adam epsilon (official 1e-8)")
+    carry_optimizer_state: bool = option(
+        False, help="keep the Adam state across instances, as the released code does (default: fresh per instance)")
+    stale_outputs: bool = option(
+        False, help="return the last forward's render, one step behind the latent/camera, as the released code saves")
+    update_pose: bool = option(True, help="optimise the camera too (official True, not switchable there)")
 
-    # Loss defaults come from the one table in losses.LossConfig (exposed here under CLI names).
-    mask_loss_weight: float = _LOSS.mask_wt
-    pixel_loss_weight: float = _LOSS.pixel_wt
-    feat_loss_weight: float = _LOSS.feat_wt
-    nll_loss_weight: float = _LOSS.nll_wt
-    mesh_regularization: bool = _LOSS.use_flat
-    flat_loss_weight: float = _LOSS.flat_wt
-    chamfer_resolution: int = _LOSS.chamfer_resolution
-    xy_threshold: float = _LOSS.xy_threshold
-    xy_k: float = _LOSS.xy_k
-    xy_alpha: float = _LOSS.xy_alpha
-    rgb_eps: float = _LOSS.rgb_eps
-    mask_threshold: float = _LOSS.mask_threshold
-    subpool_threshold: float = _LOSS.subpool_threshold
+    # rendering
+    render_size: int = option(
+        256, help="fit resolution in pixels (official 256); other sample sizes are resized for the fit only")
 
-    render_size: int = 256
-
-    seed: int = 1234
-    batch_invariant: Optional[bool] = None
-    warmup_iterations: int = 1
+    # execution
+    batch_invariant: Optional[bool] = option(
+        None, help="run generator/VGG row by row so a batch equals separate runs bitwise; None = on for CPU only")
+    warmup_passes: int = option(1, help="untimed forward/backward passes in setup (kernel selection, allocator)")
 
     def __post_init__(self):
         self.iterations = [int(i) for i in self.iterations]
         self.z_lrs = [float(v) for v in self.z_lrs]
         self.pose_lrs = [float(v) for v in self.pose_lrs]
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` for inconsistent values."""
+        self.betas = tuple(float(b) for b in self.betas)
+        super().__post_init__()
         stages = len(self.iterations)
-        if stages == 0 or any(i < 0 for i in self.iterations):
-            raise UserError(f"ours.iterations must be a non-empty list of step counts >= 0, got {self.iterations}")
-        if len(self.z_lrs) != stages or len(self.pose_lrs) != stages:
-            raise UserError(
-                f"ours.z_lrs ({len(self.z_lrs)}) and ours.pose_lrs ({len(self.pose_lrs)}) need one value per "
-                f"stage of ours.iterations ({stages})")
-        if self.select_num < 1:
-            raise UserError(f"ours.select_num must be >= 1, got {self.select_num}")
-        if self.init_batch_size < 1:
-            raise UserError(f"ours.init_batch_size must be >= 1, got {self.init_batch_size}")
-        if self.render_size < 16 or self.render_size % 4:
-            raise UserError(f"ours.render_size must be a multiple of 4 and >= 16, got {self.render_size}")
-        if self.chamfer_resolution < 1:
-            raise UserError(f"ours.chamfer_resolution must be >= 1, got {self.chamfer_resolution}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise UserError(f"ours.betas must be two values in [0, 1), got {self.betas}")
+        require(stages > 0 and all(i >= 0 for i in self.iterations), "iterations",
+                "must be a non-empty list of step counts >= 0", self.iterations)
+        require(len(self.z_lrs) == stages and len(self.pose_lrs) == stages, "z_lrs and pose_lrs",
+                f"need one value per stage of iterations ({stages})", (self.z_lrs, self.pose_lrs))
+        require(self.select_num >= 1, "select_num", "must be >= 1", self.select_num)
+        require(self.init_batch_size >= 1, "init_batch_size", "must be >= 1", self.init_batch_size)
+        require(self.render_size >= 16 and self.render_size % 4 == 0, "render_size",
+                "must be a multiple of 4 and >= 16", self.render_size)
+        require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
+                "must be two values in [0, 1)", self.betas)
 
     @property
     def total_steps(self) -> int:
@@ -152,8 +99,8 @@ class InversionConfig:
     def stage_of(self, step: int) -> int:
         """Stage index of 0-based optimisation step ``step``."""
         end = 0
-        for stage, n in enumerate(self.iterations):
-            end += n
+        for stage, stage_steps in enumerate(self.iterations):
+            end += stage_steps
             if step < end:
                 return stage
         return len(self.iterations) - 1
@@ -163,8 +110,8 @@ class InversionConfig:
         stage = self.stage_of(step)
         lr_z, lr_pose = self.z_lrs[stage], self.pose_lrs[stage]
         global_step = step + 1
-        if self.warm_up > 0 and global_step < self.warm_up:
-            factor = global_step / self.warm_up
+        if self.lr_warmup_steps > 0 and global_step < self.lr_warmup_steps:
+            factor = global_step / self.lr_warmup_steps
             lr_z, lr_pose = lr_z * factor, lr_pose * factor
         return lr_z, lr_pose
 

@@ -279,6 +279,30 @@ def _extract_state_dict(obj, path: Path) -> dict:
     return obj
 
 
+def _numpy_scalar_globals() -> list:
+    """The numpy names a pickled numpy scalar needs (training curves of official checkpoints)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "bool")]
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def _load_checkpoint(path: Path):
+    """``torch.load(weights_only=True)``: tensors and plain containers (plus numpy scalars) only,
+    so a checkpoint file can never run code; anything else is a one-line :class:`UserError`."""
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "weights only load failed" in msg.lower():
+            raise UserError(f"cannot read generator checkpoint {path}: it holds objects other than tensors, which "
+                            f"are never unpickled (weights_only=True); if you trust the file, save its "
+                            f"'generator_running_avg' entry alone with torch.save and pass that file") from None
+        raise UserError(f"cannot read generator checkpoint {path}: {type(exc).__name__}: {msg[:200]}") from None
+
+
 def _finish(model: Generator, device, label: str, sha256: str | None) -> Generator:
     model.eval()
     for p in model.parameters():
@@ -312,12 +336,7 @@ def load_generator(path, device="cpu", texture_resolution: int | None = None) ->
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"generator checkpoint not found: {path} (pass a checkpoint file or 'demo')")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"cannot read generator checkpoint {path}: {type(exc).__name__}: {msg[:200]}") from None
-    state = _extract_state_dict(obj, path)
+    state = _extract_state_dict(_load_checkpoint(path), path)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
     res = texture_resolution or infer_texture_resolution(state)

@@ -15,40 +15,34 @@ quaternion) to B target images/masks at once:
    B separate runs, up to floating-point differences of batched kernels.
 
 Randomness is per instance: candidates and Chamfer subsamples come from generators seeded from the
-instance's seed, never from the global RNG, so results do not depend on batching, order or sharding.
+instance's seed (the method passes :func:`bench.seeds.sample_seed`), never from the global RNG, so
+results do not depend on batching, order or sharding.
 
 Failures are per instance: a non-finite loss marks that instance failed (its parameters are frozen
 from then on) while the others go on.
 """
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from bench.failures import find_non_finite
+from bench.metrics.iou import mask_iou
+from bench.timing import Stopwatch
+
+from . import losses
 from .config import InversionConfig
 from .render import RenderOutput, render
 
-__all__ = ["InversionCriterion", "InversionResult", "InversionState", "MeshInverter", "RowByRow", "instance_seed",
-           "mask_iou", "resolve_batch_invariant"]
+__all__ = ["InitialLatent", "InversionCriterion", "InversionResult", "InversionState", "MeshInverter", "RowByRow",
+           "resolve_batch_invariant"]
 
-
-def instance_seed(seed: int, key: str) -> int:
-    """A stable 63-bit seed from the base ``seed`` and an instance key (e.g. the sample id)."""
-    digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def mask_iou(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """Official IoU ``Σ(t·p)/Σ(t + p − t·p)`` per instance; (B,1,H,W) or (B,H,W) -> (B,)."""
-    t = target.reshape(target.shape[0], -1).float()
-    p = pred.reshape(pred.shape[0], -1).float()
-    inter = (t * p).sum(1)
-    return inter / (t + p - t * p).sum(1).clamp_min(1e-12)
+#: Phases of the per-row subsampling generators (candidate scoring, optimisation steps).
+_PHASE_CANDIDATES = 1
+_PHASE_OPTIMIZE = 2
 
 
 def resolve_batch_invariant(config: InversionConfig, device) -> bool:
@@ -72,16 +66,15 @@ class RowByRow(torch.nn.Module):
         self.module = module
 
     def forward(self, *args):
-        n = args[0].shape[0]
-        if n == 1:
+        num_rows = args[0].shape[0]
+        if num_rows == 1:
             return self.module(*args)
-        outs = [self.module(*[a[i:i + 1] for a in args]) for i in range(n)]
-        return torch.cat(outs)
+        return torch.cat([self.module(*[arg[row:row + 1] for arg in args]) for row in range(num_rows)])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _split_camera(camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B,7) ``[s, tx, ty, qw, qx, qy, qz]`` -> scale (B,1), translation (B,2), rotation (B,4)."""
+    return camera[:, :1], camera[:, 1:3], camera[:, 3:7]
 
 
 @dataclass
@@ -93,6 +86,7 @@ class InversionState:
         z: (B,64) leaf; scale (B,1), translation (B,2), rotation (B,4) leaves.
         z_optim, pose_optim: the two Adam optimisers.
         lr_z, lr_pose: learning rates of this step.
+        pose_params: the pose leaves ``pose_optim`` updates (empty without ``update_pose``).
     """
 
     step: int
@@ -104,6 +98,7 @@ class InversionState:
     pose_optim: torch.optim.Optimizer
     lr_z: float = 0.0
     lr_pose: float = 0.0
+    pose_params: list[torch.Tensor] = field(default_factory=list)
 
     def camera(self) -> torch.Tensor:
         """(B,7) ``[s, tx, ty, qw, qx, qy, qz]`` (detached copy)."""
@@ -126,7 +121,7 @@ class InversionResult:
         iou_init: (B,) IoU at the chosen candidate and the initial camera (fit resolution).
         iou_fit: (B,) IoU of the returned mask against the fit target.
         errors: per instance None or a failure message.
-        timings: batch wall-clock seconds ``init``, ``optimize``, ``total``.
+        timings: batch wall-clock seconds ``init``, ``optimize``, ``output``, ``total``.
     """
 
     latent: torch.Tensor
@@ -144,6 +139,52 @@ class InversionResult:
     iou_fit: torch.Tensor
     errors: list[Optional[str]]
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class InitialLatent:
+    """The chosen starting latents of a batch (:meth:`MeshInverter.choose_initial_latent`).
+
+    Attributes:
+        latent: (B,64) chosen candidates; scores: (B,S) float64 candidate scores; chosen: (B,)
+            index of the chosen candidate; iou: (B,) its IoU at the initial camera (CPU).
+    """
+
+    latent: torch.Tensor
+    scores: torch.Tensor
+    chosen: torch.Tensor
+    iou: torch.Tensor
+
+
+@dataclass
+class _Batch:
+    """The inputs of one :meth:`MeshInverter.invert` call on the device (rows = instances)."""
+
+    class_ids: torch.Tensor  # (B,) int64
+    cameras: torch.Tensor  # (B,7) initial cameras
+    target_mask: torch.Tensor  # (B,1,S,S)
+    seeds: list[int]
+    fit_size: int  # S
+    rows: torch.Tensor  # (B,) arange: every row's target instance
+
+    @property
+    def size(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class _Progress:
+    """Per-instance bookkeeping of one optimisation."""
+
+    losses: list[list[float]]
+    final_terms: list[dict[str, float]]
+    errors: list[Optional[str]]
+    alive: list[bool]
+
+    @classmethod
+    def start(cls, batch_size: int) -> "_Progress":
+        return cls([[] for _ in range(batch_size)], [{} for _ in range(batch_size)], [None] * batch_size,
+                   [True] * batch_size)
 
 
 # Callback signatures: before_step(state) may overwrite parameter values (teacher forcing);
@@ -181,8 +222,8 @@ class MeshInverter:
     def generate(self, z: torch.Tensor, class_ids: torch.Tensor):
         """Generator forward; row by row when batch-invariant (bitwise equal to separate runs)."""
         if self.batch_invariant and z.shape[0] > 1:
-            outs = [self.generator(z[i:i + 1], class_ids[i:i + 1]) for i in range(z.shape[0])]
-            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+            outputs = [self.generator(z[row:row + 1], class_ids[row:row + 1]) for row in range(z.shape[0])]
+            return torch.cat([texture for texture, _ in outputs]), torch.cat([mesh_map for _, mesh_map in outputs])
         return self.generator(z, class_ids)
 
     def forward(self, z, class_ids, scale, translation, rotation, size):
@@ -211,56 +252,63 @@ class MeshInverter:
         mask = mask.to(self.device, torch.float32).reshape(image.shape[0], 1, *image.shape[-2:])
         return self.criterion.prepare_target(image, mask)
 
-    def _row_generator(self, seed: int, phase: int, index: int) -> torch.Generator:
-        # a fresh CPU generator per (instance, phase, index): independent of batching and order
+    @staticmethod
+    def _subsample_rng(seed: int, phase: int, index: int) -> torch.Generator:
+        """A fresh CPU generator per (instance, phase, candidate or step): independent of batching and order."""
         return torch.Generator().manual_seed((seed + 1_000_003 * phase + 7919 * index) % (1 << 63))
 
     # ------------------------------------------------------------------ init_z
+    def draw_candidates(self, seeds: list[int]) -> torch.Tensor:
+        """(B,S,64) candidate latents: ``select_num`` N(0,I) draws from each instance's own seed."""
+        latent_dim = getattr(self.generator, "latent_dim", 64)
+        return torch.stack([
+            torch.randn(self.config.select_num, latent_dim, generator=torch.Generator().manual_seed(seed))
+            for seed in seeds])
+
     @torch.no_grad()
-    def initial_latent(self, target, target_mask, class_ids, camera, seeds: list[int],
-                       candidates: Optional[torch.Tensor] = None):
+    def choose_initial_latent(self, target, target_mask, class_ids, cameras, seeds: list[int],
+                              candidates: Optional[torch.Tensor] = None) -> InitialLatent:
         """Choose the starting latent of every instance among ``select_num`` random candidates.
 
         Args:
             target: criterion target of the B instances; target_mask (B,1,H,W).
-            class_ids (B,), camera (B,7) initial cameras, seeds: B instance seeds.
-            candidates: optional (B,S,64) candidate latents (default: ``select_num`` draws from
-                each instance's own generator).
+            class_ids (B,), cameras (B,7) initial cameras, seeds: B instance seeds.
+            candidates: optional (B,S,64) candidate latents (default: :meth:`draw_candidates`).
         Returns:
-            z0 (B,64), scores (B,S), chosen (B,), iou (B,S) of every candidate.
+            :class:`InitialLatent` (a non-finite score never wins).
         """
-        cfg = self.config
-        B = class_ids.shape[0]
+        batch_size = class_ids.shape[0]
         if candidates is None:
-            candidates = torch.stack([
-                torch.randn(cfg.select_num, self.generator.latent_dim if hasattr(self.generator, "latent_dim") else 64,
-                            generator=torch.Generator().manual_seed(s)) for s in seeds])
+            candidates = self.draw_candidates(seeds)
         candidates = candidates.to(self.device, torch.float32)
-        S = candidates.shape[1]
-        size = target_mask.shape[-1]
-        flat_z = candidates.reshape(B * S, -1)
-        inst = torch.arange(B, device=self.device).repeat_interleave(S)
-        cand = torch.arange(S).repeat(B)
-        scores = torch.empty(B * S, dtype=torch.float64)
-        ious = torch.empty(B * S, dtype=torch.float32)
-        for start in range(0, B * S, cfg.init_batch_size):
-            sl = slice(start, min(start + cfg.init_batch_size, B * S))
-            rows = inst[sl]
-            scale, trans, rot = camera[rows, :1], camera[rows, 1:3], camera[rows, 3:7]
-            _, _, out = self.forward(flat_z[sl], class_ids[rows], scale, trans, rot, size)
-            gens = [self._row_generator(seeds[int(b)], 1, int(k)) for b, k in zip(rows.tolist(), cand[sl].tolist())]
-            total, _ = self._losses(out, flat_z[sl], target, rows, gens, with_prior=cfg.init_with_prior)
-            scores[sl] = total.detach().double().cpu()
-            ious[sl] = mask_iou(target_mask[rows], out.mask).cpu()
-        scores = scores.reshape(B, S)
-        ious = ious.reshape(B, S)
+        num_candidates = candidates.shape[1]
+        num_rows = batch_size * num_candidates
+        row_latents = candidates.reshape(num_rows, -1)
+        row_instance = torch.arange(batch_size, device=self.device).repeat_interleave(num_candidates)
+        row_candidate = torch.arange(num_candidates).repeat(batch_size)
+        scores = torch.empty(num_rows, dtype=torch.float64)
+        ious = torch.empty(num_rows, dtype=torch.float32)
+        for start in range(0, num_rows, self.config.init_batch_size):
+            chunk = slice(start, min(start + self.config.init_batch_size, num_rows))
+            instances = row_instance[chunk]
+            _, _, out = self.forward(row_latents[chunk], class_ids[instances], *_split_camera(cameras[instances]),
+                                     target_mask.shape[-1])
+            rngs = [self._subsample_rng(seeds[instance], _PHASE_CANDIDATES, candidate)
+                    for instance, candidate in zip(instances.tolist(), row_candidate[chunk].tolist())]
+            total, _ = self._losses(out, row_latents[chunk], target, instances, rngs,
+                                    with_prior=self.config.init_with_prior)
+            scores[chunk] = total.detach().double().cpu()
+            ious[chunk] = mask_iou(target_mask[instances], out.mask).cpu()
+        scores = scores.reshape(batch_size, num_candidates)
         # a non-finite score never wins (NaN sorts as +inf here)
         chosen = torch.nan_to_num(scores, nan=float("inf")).argmin(dim=1)
-        z0 = candidates[torch.arange(B, device=self.device), chosen.to(self.device)]
-        return z0, scores, chosen, ious
+        latent = candidates[torch.arange(batch_size, device=self.device), chosen.to(self.device)]
+        iou = ious.reshape(batch_size, num_candidates)[torch.arange(batch_size), chosen]  # both on the CPU
+        return InitialLatent(latent=latent, scores=scores, chosen=chosen, iou=iou)
 
     # ------------------------------------------------------------------ optimisers
     def _make_optimizers(self, z, scale, translation, rotation):
+        """The latent and pose Adam optimisers (with the carried state, if any) and the pose leaves."""
         cfg = self.config
         z_optim = torch.optim.Adam([z], lr=cfg.z_lrs[0], betas=cfg.betas, eps=cfg.adam_eps)
         pose_params = [scale, translation, rotation] if cfg.update_pose else []
@@ -268,26 +316,26 @@ class MeshInverter:
                                       betas=cfg.betas, eps=cfg.adam_eps)
         if cfg.carry_optimizer_state and self._carried is not None:
             for optim, params, key in ((z_optim, [z], "z"), (pose_optim, pose_params, "pose")):
-                for p, saved in zip(params, self._carried[key]):
-                    optim.state[p] = {
+                for param, saved in zip(params, self._carried[key]):
+                    optim.state[param] = {
                         "step": saved["step"].clone(),
-                        "exp_avg": saved["exp_avg"].to(p.device).expand_as(p).clone(),
-                        "exp_avg_sq": saved["exp_avg_sq"].to(p.device).expand_as(p).clone(),
+                        "exp_avg": saved["exp_avg"].to(param.device).expand_as(param).clone(),
+                        "exp_avg_sq": saved["exp_avg_sq"].to(param.device).expand_as(param).clone(),
                     }
         return z_optim, pose_optim, pose_params
 
-    def _save_carry(self, z_optim, pose_optim, z, pose_params, row: int) -> None:
+    def _save_carry(self, state: InversionState, row: int) -> None:
         """Keep the Adam state of instance ``row`` (the last one processed) for the next instance."""
         saved = {}
-        for optim, params, key in ((z_optim, [z], "z"), (pose_optim, pose_params, "pose")):
+        for optim, params, key in ((state.z_optim, [state.z], "z"), (state.pose_optim, state.pose_params, "pose")):
             entries = []
-            for p in params:
-                st = optim.state.get(p)
-                if not st:
+            for param in params:
+                param_state = optim.state.get(param)
+                if not param_state:
                     return
-                entries.append({"step": st["step"].detach().clone(),
-                                "exp_avg": st["exp_avg"][row:row + 1].detach().clone(),
-                                "exp_avg_sq": st["exp_avg_sq"][row:row + 1].detach().clone()})
+                entries.append({"step": param_state["step"].detach().clone(),
+                                "exp_avg": param_state["exp_avg"][row:row + 1].detach().clone(),
+                                "exp_avg_sq": param_state["exp_avg_sq"][row:row + 1].detach().clone()})
             saved[key] = entries
         self._carried = saved
 
@@ -306,117 +354,150 @@ class MeshInverter:
             images01: (B,3,H,W) target images in [0,1] (H = W = the fit resolution).
             masks: (B,H,W) target masks {0,1}.
             class_ids: (B,) int64. cameras: (B,7) initial cameras ``[s, tx, ty, qw, qx, qy, qz]``.
-            seeds: B instance seeds (see :func:`instance_seed`).
+            seeds: B instance seeds (the method passes :func:`bench.seeds.sample_seed`).
             candidates: optional (B,S,64) candidate latents (replaces the random draws).
             before_step / after_backward: optional callbacks (see :class:`InversionState`).
             output_size: int or (H, W) size of the returned render (default: the fit resolution).
         Returns:
             :class:`InversionResult`.
         """
+        batch = self._batch(images01, masks, class_ids, cameras, seeds)
+        stopwatch = Stopwatch(self.device)
+        with stopwatch("init"):
+            target = self.prepare_target(images01, masks)
+            init = self.choose_initial_latent(target, batch.target_mask, batch.class_ids, batch.cameras, seeds,
+                                              candidates)
+        with stopwatch("optimize"):
+            state, progress, stale = self.optimize(init.latent, batch, target, before_step, after_backward)
+        with stopwatch("output"):
+            texture, mesh_map, rendered, iou_fit = self.final_outputs(state, stale, batch, output_size)
+        timings = dict(stopwatch.seconds)
+        timings["total"] = sum(timings.values())
+        return InversionResult(
+            latent=state.z.detach().clone(), camera=state.camera(), texture=texture, mesh_map=mesh_map,
+            vertices=rendered.vertices, image=rendered.image, mask=rendered.mask, losses=progress.losses,
+            final_terms=progress.final_terms, init_scores=init.scores, chosen=init.chosen, iou_init=init.iou.cpu(),
+            iou_fit=iou_fit.cpu(), errors=progress.errors, timings=timings)
+
+    def _batch(self, images01, masks, class_ids, cameras, seeds: list[int]) -> _Batch:
+        batch_size, fit_size = images01.shape[0], images01.shape[-1]
+        return _Batch(class_ids=class_ids.to(self.device, torch.long).reshape(batch_size),
+                      cameras=cameras.to(self.device, torch.float32).reshape(batch_size, 7),
+                      target_mask=masks.to(self.device, torch.float32).reshape(batch_size, 1, fit_size, fit_size),
+                      seeds=list(seeds), fit_size=fit_size, rows=torch.arange(batch_size, device=self.device))
+
+    def optimize(self, latent: torch.Tensor, batch: _Batch, target, before_step: Optional[BeforeStep] = None,
+                 after_backward: Optional[AfterBackward] = None):
+        """The staged Adam optimisation from ``latent`` (B,64) and the batch's initial cameras.
+
+        Returns:
+            (final :class:`InversionState`, per-instance progress, ``stale``: the (latent, camera)
+            before the last step with ``stale_outputs``, else None).
+        """
         cfg = self.config
-        dev = self.device
-        B = images01.shape[0]
-        size = images01.shape[-1]
-        class_ids = class_ids.to(dev, torch.long).reshape(B)
-        cameras = cameras.to(dev, torch.float32).reshape(B, 7)
-        target_mask = masks.to(dev, torch.float32).reshape(B, 1, size, size)
-
-        _sync(dev)
-        t0 = time.perf_counter()
-        target = self.prepare_target(images01, masks)
-        z0, scores, chosen, cand_iou = self.initial_latent(target, target_mask, class_ids, cameras, seeds,
-                                                            candidates)
-        iou_init = cand_iou[torch.arange(B), chosen]  # both on the CPU
-        _sync(dev)
-        t1 = time.perf_counter()
-
-        z = z0.detach().clone().requires_grad_(True)
-        scale = cameras[:, :1].clone().requires_grad_(True)
-        translation = cameras[:, 1:3].clone().requires_grad_(True)
-        rotation = cameras[:, 3:7].clone().requires_grad_(True)
-        z_optim, pose_optim, pose_params = self._make_optimizers(z, scale, translation, rotation)
-        state = InversionState(0, z, scale, translation, rotation, z_optim, pose_optim)
-
-        errors: list[Optional[str]] = [None] * B
-        alive = torch.ones(B, dtype=torch.bool, device=dev)
-        losses: list[list[float]] = [[] for _ in range(B)]
-        final_terms: list[dict[str, float]] = [{} for _ in range(B)]
-        rows = torch.arange(B, device=dev)
-        prev = None  # parameters before the last step (stale outputs)
+        state = self._initial_state(latent, batch.cameras)
+        progress = _Progress.start(batch.size)
+        stale = None
+        last_step = cfg.total_steps - 1
         for step in range(cfg.total_steps):
-            lr_z, lr_pose = cfg.learning_rates(step)
-            for group in z_optim.param_groups:
-                group["lr"] = lr_z
-            for group in pose_optim.param_groups:
-                group["lr"] = lr_pose
-            state.step, state.lr_z, state.lr_pose = step, lr_z, lr_pose
+            self._set_learning_rates(state, step)
             if before_step is not None:
                 before_step(state)
-            if cfg.stale_outputs and step == cfg.total_steps - 1:
-                prev = (z.detach().clone(), state.camera())
-            z_optim.zero_grad(set_to_none=False)
-            pose_optim.zero_grad(set_to_none=False)
-            _, _, out = self.forward(z, class_ids, scale, translation, rotation, size)
-            gens = [self._row_generator(seeds[b], 2, step) for b in range(B)]
-            total, terms = self._losses(out, z, target, rows, gens, with_prior=True)
-            finite = torch.isfinite(total.detach())
-            values = total.detach().double().cpu().tolist()
-            for b in range(B):
-                value = values[b]
-                losses[b].append(value)
-                if alive[b] and not bool(finite[b]):
-                    errors[b] = f"non-finite loss ({value}) at step {step}"
-                    alive[b] = False
-            # every instance's loss only reaches its own parameter rows, so summing gives each
-            # instance exactly its own gradient; failed rows are dropped (and frozen below)
-            keep = alive & finite
-            if bool(keep.any()):
-                total[keep].sum().backward()
+            if cfg.stale_outputs and step == last_step:
+                stale = (state.z.detach().clone(), state.camera())
+            total, terms = self._step_loss(state, batch, target, step)
+            self._record_losses(progress, total, terms, step)
+            self._backward(total, progress.alive)
             if after_backward is not None:
-                after_backward(state, total.detach(), {k: v.detach() for k, v in terms.items()})
-            if not bool(alive.all()):
-                for p in [z, *pose_params]:
-                    if p.grad is not None:
-                        p.grad[~alive] = 0.0
-                        p.grad.nan_to_num_(0.0, 0.0, 0.0)
-            frozen = [p.detach().clone() for p in (z, *pose_params)] if not bool(alive.all()) else None
-            z_optim.step()
-            if cfg.update_pose:
-                pose_optim.step()
-            if frozen is not None:
-                with torch.no_grad():
-                    for p, old in zip((z, *pose_params), frozen):
-                        p[~alive] = old[~alive]
-            if step == cfg.total_steps - 1:
-                for b in range(B):
-                    final_terms[b] = {k: float(v[b].detach()) for k, v in terms.items()}
+                after_backward(state, total.detach(), {name: value.detach() for name, value in terms.items()})
+            self._adam_step(state, progress.alive)
+            if step == last_step:
+                progress.final_terms = [{name: float(value[row].detach()) for name, value in terms.items()}
+                                        for row in range(batch.size)]
         if cfg.carry_optimizer_state and cfg.total_steps > 0:
-            self._save_carry(z_optim, pose_optim, z, pose_params, B - 1)
-        _sync(dev)
-        t2 = time.perf_counter()
+            self._save_carry(state, batch.size - 1)
+        return state, progress, stale
 
-        # outputs: one no-grad forward at the final (or, stale_outputs, the previous) parameters
-        with torch.no_grad():
-            if prev is not None:
-                z_out, cam_out = prev
-            else:
-                z_out, cam_out = z.detach().clone(), state.camera()
-            out_size = (size, size) if output_size is None else (
-                (output_size, output_size) if isinstance(output_size, int) else tuple(output_size))
-            texture, mesh_map, out = self.forward(z_out, class_ids, cam_out[:, :1], cam_out[:, 1:3],
-                                                  cam_out[:, 3:7], out_size)
-            if out_size == (size, size):
-                iou_fit = mask_iou(target_mask, out.mask)
-            else:
-                _, _, fit = self.forward(z_out, class_ids, cam_out[:, :1], cam_out[:, 1:3], cam_out[:, 3:7], size)
-                iou_fit = mask_iou(target_mask, fit.mask)
-        _sync(dev)
-        t3 = time.perf_counter()
-        return InversionResult(
-            latent=z.detach().clone(), camera=state.camera(), texture=texture, mesh_map=mesh_map,
-            vertices=out.vertices, image=out.image, mask=out.mask, losses=losses, final_terms=final_terms,
-            init_scores=scores, chosen=chosen, iou_init=iou_init.cpu(), iou_fit=iou_fit.cpu(), errors=errors,
-            timings={"init": t1 - t0, "optimize": t2 - t1, "output": t3 - t2, "total": t3 - t0})
+    def _initial_state(self, latent: torch.Tensor, cameras: torch.Tensor) -> InversionState:
+        """Fresh leaves for the latent and the camera, and their optimisers."""
+        z = latent.detach().clone().requires_grad_(True)
+        scale, translation, rotation = (part.clone().requires_grad_(True) for part in _split_camera(cameras))
+        z_optim, pose_optim, pose_params = self._make_optimizers(z, scale, translation, rotation)
+        return InversionState(0, z, scale, translation, rotation, z_optim, pose_optim, pose_params=pose_params)
+
+    def _set_learning_rates(self, state: InversionState, step: int) -> None:
+        lr_z, lr_pose = self.config.learning_rates(step)
+        for group in state.z_optim.param_groups:
+            group["lr"] = lr_z
+        for group in state.pose_optim.param_groups:
+            group["lr"] = lr_pose
+        state.step, state.lr_z, state.lr_pose = step, lr_z, lr_pose
+
+    def _step_loss(self, state: InversionState, batch: _Batch, target, step: int):
+        """Zero the gradients, forward at the current parameters, per-instance criterion."""
+        state.z_optim.zero_grad(set_to_none=False)
+        state.pose_optim.zero_grad(set_to_none=False)
+        _, _, out = self.forward(state.z, batch.class_ids, state.scale, state.translation, state.rotation,
+                                 batch.fit_size)
+        rngs = [self._subsample_rng(seed, _PHASE_OPTIMIZE, step) for seed in batch.seeds]
+        return self._losses(out, state.z, target, batch.rows, rngs, with_prior=True)
+
+    @staticmethod
+    def _record_losses(progress: _Progress, total: torch.Tensor, terms: dict, step: int) -> None:
+        """Append every instance's loss; a non-finite loss fails its instance (from then on frozen)."""
+        for row, value in enumerate(total.detach().double().cpu().tolist()):
+            progress.losses[row].append(value)
+            if progress.alive[row] and find_non_finite({"loss": value}) is not None:
+                culprit = find_non_finite({name: values[row] for name, values in terms.items()})
+                progress.errors[row] = (f"non-finite loss ({value}) at step {step}"
+                                        + (f" (first non-finite term: {culprit})" if culprit else ""))
+                progress.alive[row] = False
+
+    def _backward(self, total: torch.Tensor, alive: list[bool]) -> None:
+        # every instance's loss only reaches its own parameter rows, so summing gives each
+        # instance exactly its own gradient; failed rows are dropped (and frozen in _adam_step)
+        keep = torch.tensor(alive, dtype=torch.bool, device=self.device)
+        if bool(keep.any()):
+            total[keep].sum().backward()
+
+    def _adam_step(self, state: InversionState, alive: list[bool]) -> None:
+        """Both Adam steps; the rows of failed instances keep their values."""
+        params = [state.z, *state.pose_params]
+        frozen = None
+        if not all(alive):
+            dead = ~torch.tensor(alive, dtype=torch.bool, device=self.device)
+            for param in params:
+                if param.grad is not None:
+                    param.grad[dead] = 0.0
+                    param.grad.nan_to_num_(0.0, 0.0, 0.0)
+            frozen = [param.detach().clone() for param in params]
+        state.z_optim.step()
+        if self.config.update_pose:
+            state.pose_optim.step()
+        if frozen is not None:
+            with torch.no_grad():
+                for param, old in zip(params, frozen):
+                    param[dead] = old[dead]
+
+    @torch.no_grad()
+    def final_outputs(self, state: InversionState, stale, batch: _Batch, output_size=None):
+        """One no-grad forward at the final (or, ``stale_outputs``, the previous) latent/camera.
+
+        Returns:
+            (texture, mesh_map, RenderOutput at ``output_size``, IoU (B,) of the fit-size mask).
+        """
+        latent, camera = stale if stale is not None else (state.z.detach().clone(), state.camera())
+        fit_hw = (batch.fit_size, batch.fit_size)
+        if output_size is None:
+            output_hw = fit_hw
+        else:
+            output_hw = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        texture, mesh_map, rendered = self.forward(latent, batch.class_ids, *_split_camera(camera), output_hw)
+        if output_hw == fit_hw:
+            fit_mask = rendered.mask
+        else:
+            fit_mask = self.forward(latent, batch.class_ids, *_split_camera(camera), batch.fit_size)[2].mask
+        return texture, mesh_map, rendered, mask_iou(batch.target_mask, fit_mask)
 
 
 class InversionCriterion:
@@ -431,75 +512,65 @@ class InversionCriterion:
     no random numbers are spent on a permutation that changes nothing.
 
     Args:
-        config: :class:`InversionConfig` (weights, gate parameters, resolution, feat_loss...).
+        config: :class:`InversionConfig`; its :class:`.losses.LossConfig` fields are the criterion's.
         vgg: :class:`.vgg.VGGRelu31` (required when ``config.feat_loss``).
         device: the device the networks run on (decides the ``batch_invariant`` default).
     """
 
     def __init__(self, config: InversionConfig, vgg=None, device="cpu"):
-        from . import losses
-
-        self._L = losses
         self.vgg = RowByRow(vgg) if vgg is not None and resolve_batch_invariant(config, device) else vgg
-        self.loss_config = losses.LossConfig(
-            mask_wt=config.mask_loss_weight, pixel_wt=config.pixel_loss_weight, feat_wt=config.feat_loss_weight,
-            nll_wt=config.nll_loss_weight, flat_wt=config.flat_loss_weight, use_feat=bool(config.feat_loss),
-            use_flat=bool(config.mesh_regularization), xy_threshold=config.xy_threshold, xy_k=config.xy_k,
-            xy_alpha=config.xy_alpha, rgb_eps=config.rgb_eps, subpool_threshold=config.subpool_threshold,
-            mask_threshold=config.mask_threshold, chamfer_resolution=config.chamfer_resolution)
-        self.no_prior = replace(self.loss_config, use_nll=False)
+        self.loss_config = losses.LossConfig(**{f.name: getattr(config, f.name) for f in fields(losses.LossConfig)})
+        self.no_prior = replace(self.loss_config, nll_loss=False)
         if config.feat_loss and vgg is None:
             raise ValueError("feat_loss needs a VGG network")
 
     def prepare_target(self, image: torch.Tensor, mask: torch.Tensor):
         """image (B,3,H,W) in [-1,1], mask (B,1,H,W) -> :class:`.losses.LossTargets`."""
-        return self._L.prepare_targets(image, mask, self.loss_config, self.vgg)
+        return losses.prepare_targets(image, mask, self.loss_config, self.vgg)
 
     @staticmethod
-    def _rows(points, rows):
+    def _select_points(points, rows):
         if points is None:
             return None
         return type(points)(points.xy[rows], points.values[rows], points.lengths[rows])
 
     def select(self, target, rows: torch.Tensor):
         """The prepared target of every row (instances repeated as ``rows`` says)."""
-        return self._L.LossTargets(image=target.image[rows], mask=target.mask[rows],
-                                   points=self._rows(target.points, rows),
-                                   feat_points=self._rows(target.feat_points, rows))
+        return losses.LossTargets(image=target.image[rows], mask=target.mask[rows],
+                                  points=self._select_points(target.points, rows),
+                                  feat_points=self._select_points(target.feat_points, rows))
 
-    def _indices(self, n_pred: torch.Tensor, n_tgt: torch.Tensor, generators):
-        res = self.loss_config.chamfer_resolution
-        out = []
-        for a, b, g in zip(n_pred.tolist(), n_tgt.tolist(), generators):
+    def _subsample_indices(self, pred_counts: torch.Tensor, target_counts: torch.Tensor, rngs):
+        """Per row (prediction indices, target indices): ``randperm(n)[:R]``, identity when n <= R."""
+        resolution = self.loss_config.chamfer_resolution
+        pairs = []
+        for pred_count, target_count, rng in zip(pred_counts.tolist(), target_counts.tolist(), rngs):
             pair = []
-            for n in (a, b):
-                if res is None or n <= res:
-                    pair.append(torch.arange(n))
+            for count in (pred_count, target_count):
+                if resolution is None or count <= resolution:
+                    pair.append(torch.arange(count))
                 else:
-                    pair.append(torch.randperm(n, generator=g)[:res])
-            out.append(tuple(pair))
-        return out
+                    pair.append(torch.randperm(count, generator=rng)[:resolution])
+            pairs.append(tuple(pair))
+        return pairs
 
     def flat(self, template, vertices: torch.Tensor) -> torch.Tensor:
         """Per-instance ConvMesh flatness of (N,V,3) vertices -> (N,)."""
-        return self._L.flat_loss(template.face_normals(vertices), template.ff)
+        return losses.flat_loss(template.face_normals(vertices), template.ff)
 
     def __call__(self, image, mask, vtx_xy, z, target, rows, generators, *, with_prior=True, flat=None,
                  pred_features=None):
         """Per-row (total (N,), terms); see :func:`.losses.criterion`."""
-        cfg = self.loss_config if with_prior else self.no_prior
-        L = self._L
-        tgt = self.select(target, rows) if rows is not None else target
-        indices = {}
-        thr = cfg.mask_threshold
-        n_pix = (mask.detach() > thr).flatten(1).sum(1)
-        indices["pixel"] = self._indices(n_pix, tgt.points.lengths, generators)
-        if cfg.use_feat:
+        config = self.loss_config if with_prior else self.no_prior
+        row_target = self.select(target, rows) if rows is not None else target
+        pixel_counts = (mask.detach() > config.mask_threshold).flatten(1).sum(1)
+        indices = {"pixel": self._subsample_indices(pixel_counts, row_target.points.lengths, generators)}
+        if config.feat_loss:
             if pred_features is None:
                 pred_features = self.vgg(image, mask)
-            sub = mask.shape[-2] // pred_features.shape[-2]
-            pooled = F.avg_pool2d(mask.detach().to(pred_features.dtype), sub) >= cfg.subpool_threshold
-            n_feat = pooled.flatten(1).sum(1)
-            indices["feat"] = self._indices(n_feat, tgt.feat_points.lengths, generators)
-        return L.criterion(image, mask, tgt, vtx_xy=vtx_xy, z=z, config=cfg, vgg=self.vgg,
-                           pred_features=pred_features, flat=flat, indices=indices)
+            pool = mask.shape[-2] // pred_features.shape[-2]
+            pooled = F.avg_pool2d(mask.detach().to(pred_features.dtype), pool) >= config.subpool_threshold
+            feature_counts = pooled.flatten(1).sum(1)
+            indices["feat"] = self._subsample_indices(feature_counts, row_target.feat_points.lengths, generators)
+        return losses.criterion(image, mask, row_target, vtx_xy=vtx_xy, z=z, config=config, vgg=self.vgg,
+                                pred_features=pred_features, flat=flat, indices=indices)

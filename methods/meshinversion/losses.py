@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.config import option, require
+from bench.metrics.iou import mask_iou
+
 from .chamfer import GateParams, chamfer_sq, gated_chamfer, masked_mean
 
 __all__ = [
@@ -45,7 +48,6 @@ __all__ = [
     "flat_loss",
     "get_vtx_color",
     "grid_sample_from_vtx",
-    "iou",
     "mask2proj",
     "nll_loss",
     "pixel_points",
@@ -58,36 +60,46 @@ __all__ = [
 IndexPairs = Sequence[tuple[Tensor, Tensor]]
 
 
-@dataclass(frozen=True)
+@dataclass
 class LossConfig:
-    """Weights, switches and parameters of :func:`criterion` (official argument in brackets).
+    """Weights, switches and parameters of :func:`criterion`: the one table of their defaults.
 
-    Weights: mask_wt 10 (``chamfer_mask_loss_wt``), pixel_wt 1 (``chamfer_texture_pixel_loss_wt``),
-    feat_wt 0.04 (``chamfer_texture_feat_loss_wt``; supplement: 0.05), nll_wt 0.05
-    (``nll_loss_wt``), flat_wt 5e-5 (used only if use_flat, ``--mesh_regularization_loss``).
-    chamfer_resolution (``chamfer_resolution``): max points per set after random subsampling;
-    None disables subsampling (and draws no random numbers; not official).
-    chunk_size: rows per Chamfer block (None = automatic, see chamfer.auto_chunk_size).
+    :class:`bench.methods.meshinversion.config.InversionConfig` inherits these fields, so the same
+    names are the CLI options (``--set ours.mask_loss_weight=10``) and the criterion's settings.
+    Each field's help names the official argument and value.
     """
 
-    mask_wt: float = 10.0
-    pixel_wt: float = 1.0
-    feat_wt: float = 0.04
-    nll_wt: float = 0.05
-    flat_wt: float = 5e-5
-    use_mask: bool = True
-    use_pixel: bool = True
-    use_feat: bool = True
-    use_nll: bool = True
-    use_flat: bool = False
-    xy_threshold: float = 0.16
-    xy_k: float = 1.0
-    xy_alpha: float = 1.0
-    rgb_eps: float = 1.0
-    subpool_threshold: float = 0.5
-    mask_threshold: float = 0.9
-    chamfer_resolution: int | None = 8192
-    chunk_size: int | None = None
+    mask_loss_weight: float = option(10.0, help="weight of the Chamfer mask term (official chamfer_mask_loss_wt 10)")
+    pixel_loss_weight: float = option(
+        1.0, help="weight of the pixel-level Chamfer texture term (official chamfer_texture_pixel_loss_wt 1)")
+    feat_loss_weight: float = option(
+        0.04, help="weight of the feature-level Chamfer texture term (released code 0.04; the supplement states 0.05)")
+    nll_loss_weight: float = option(0.05, help="weight of the latent prior mean(z^2)/2 (official nll_loss_wt 0.05)")
+    flat_loss_weight: float = option(
+        5e-5, help="weight of the ConvMesh flatness term, used only with mesh_regularization (official 5e-5)")
+    mask_loss: bool = option(True, help="use the Chamfer mask term (official: always on)")
+    pixel_loss: bool = option(True, help="use the pixel-level Chamfer texture term (official: always on)")
+    feat_loss: bool = option(True, help="use the feature-level Chamfer texture term; needs VGG19 (official: on)")
+    nll_loss: bool = option(True, help="use the latent prior during optimisation (official: on)")
+    mesh_regularization: bool = option(
+        False, help="add the ConvMesh flatness term (official --mesh_regularization_loss, off)")
+    xy_threshold: float = option(0.16, help="xy distance gate of the texture Chamfer terms (official 0.16)")
+    xy_k: float = option(1.0, help="sharpness of the xy gate (official 1)")
+    xy_alpha: float = option(1.0, help="height of the xy gate (official 1)")
+    rgb_eps: float = option(1.0, help="colour/feature epsilon of the gated distance (official 1)")
+    subpool_threshold: float = option(
+        0.5, help="pooled-mask threshold of the feature-grid points of the feature term (official 0.5)")
+    mask_threshold: float = option(0.9, help="pixels with mask > this are Chamfer points (official 0.9)")
+    chamfer_resolution: int | None = option(
+        8192, help="random subsample size of each texture Chamfer point set (official 8192; None = no subsampling)")
+    chunk_size: int | None = option(
+        None, help="rows per Chamfer distance block, a memory knob (None = automatic, chamfer.auto_chunk_size)")
+
+    def __post_init__(self):
+        require(self.chamfer_resolution is None or self.chamfer_resolution >= 1, "chamfer_resolution",
+                "must be >= 1 (or None)", self.chamfer_resolution)
+        require(self.chunk_size is None or self.chunk_size >= 1, "chunk_size", "must be >= 1 (or None)",
+                self.chunk_size)
 
     @property
     def gate(self) -> GateParams:
@@ -341,13 +353,6 @@ def flat_loss(normals: Tensor, face_adjacency: Tensor) -> Tensor:
     return (nf / 2) * (cos - 1).pow(2).mean(dim=1).sum(dim=1)
 
 
-def iou(pred_mask: Tensor, target_mask: Tensor) -> Tensor:
-    """Σ(M_t·M_p)/Σ(M_t + M_p − M_t·M_p) per instance; masks (B, 1, H, W) -> (B,)."""
-    p, t = _mask4(pred_mask).flatten(1), _mask4(target_mask).flatten(1)
-    inter = (t * p).sum(1)
-    return inter / (t + p - t * p).sum(1)
-
-
 # --------------------------------------------------------------------------------------------
 # criterion
 
@@ -356,14 +361,14 @@ def prepare_targets(image: Tensor, mask: Tensor, config: LossConfig = LossConfig
     """Target point sets, computed once per instance (they do not change during inversion).
 
     image (B, 3, H, W) in [−1, 1] (the official ``(img − 0.5)·2`` of the full crop, not masked),
-    mask (B, 1, H, W) {0, 1}; vgg: :class:`.vgg.VGGRelu31`, needed when ``config.use_feat``.
+    mask (B, 1, H, W) {0, 1}; vgg: :class:`.vgg.VGGRelu31`, needed when ``config.feat_loss``.
     """
     mask = _mask4(mask).to(image.dtype)
     points = get_vtx_color(mask, image, config.mask_threshold)
     feat_points = None
-    if config.use_feat:
+    if config.feat_loss:
         if vgg is None:
-            raise ValueError("the feature texture loss needs the VGG network (vgg=...) or use_feat=False")
+            raise ValueError("the feature texture loss needs the VGG network (vgg=...) or feat_loss=False")
         with torch.no_grad():
             feat_points = feature_points(vgg(image, mask), mask, config.subpool_threshold,
                                          config.mask_threshold)
@@ -380,7 +385,7 @@ def criterion(pred_image: Tensor, pred_mask: Tensor, targets: LossTargets, *, vt
     pred_image (B, 3, H, W) rendered image in [−1, 1]; pred_mask (B, 1, H, W) hard mask;
     targets from :func:`prepare_targets`; vtx_xy (B, V, 2) projected vertex xy (mask term);
     z (B, L) latent (nll term); vgg or precomputed pred_features (B, 256, H/4, W/4) (feat term);
-    flat: (B,) values or a callable returning them (flat term, if ``config.use_flat``);
+    flat: (B,) values or a callable returning them (flat term, if ``config.mesh_regularization``);
     generator: CPU generator for the subsampling (None = torch's default, as official);
     indices: {"pixel" | "feat": [(idx_a, idx_b) per instance]} to replay recorded draws.
 
@@ -398,41 +403,41 @@ def criterion(pred_image: Tensor, pred_mask: Tensor, targets: LossTargets, *, vt
         terms[name] = value
         total = weight * value if total is None else total + weight * value
 
-    if config.use_mask:
+    if config.mask_loss:
         if vtx_xy is None:
             raise ValueError("the mask term needs vtx_xy (B, V, 2)")
         add("mask", chamfer_mask_loss(vtx_xy, targets.points.xy, targets.points.lengths,
-                                      config.chunk_size), config.mask_wt)
-    if config.use_pixel:
+                                      config.chunk_size), config.mask_loss_weight)
+    if config.pixel_loss:
         add("pixel", pixel_texture_loss(pred_image, pred_mask, targets.points, config,
                                         generator=generator, indices=indices.get("pixel")),
-            config.pixel_wt)
-    if config.use_feat:
+            config.pixel_loss_weight)
+    if config.feat_loss:
         if targets.feat_points is None:
-            raise ValueError("targets have no feature points: prepare_targets(..., vgg=...) with use_feat")
+            raise ValueError("targets have no feature points: prepare_targets(..., vgg=...) with feat_loss")
         if pred_features is None:
             if vgg is None:
                 raise ValueError("the feature texture loss needs vgg=... or pred_features=...")
             pred_features = vgg(pred_image, pred_mask)
         add("feat", feat_texture_loss(pred_features, pred_mask, targets.feat_points, config,
                                       generator=generator, indices=indices.get("feat")),
-            config.feat_wt)
-    if config.use_nll:
+            config.feat_loss_weight)
+    if config.nll_loss:
         if z is None:
             raise ValueError("the nll term needs z (B, L)")
-        add("nll", nll_loss(z), config.nll_wt)
-    if config.use_flat:
+        add("nll", nll_loss(z), config.nll_loss_weight)
+    if config.mesh_regularization:
         if flat is None:
-            raise ValueError("use_flat needs flat=(B,) values or a callable returning them")
+            raise ValueError("mesh_regularization needs flat=(B,) values or a callable returning them")
         value = flat() if callable(flat) else flat
         value = torch.as_tensor(value)
         if value.dim() == 0:
             if pred_image.shape[0] != 1:
                 raise ValueError("flat must give one value per instance (B,) for a batch")
             value = value.reshape(1)
-        add("flat", value, config.flat_wt)
+        add("flat", value, config.flat_loss_weight)
     if total is None:
         total = pred_image.new_zeros(pred_image.shape[0])
     with torch.no_grad():
-        terms["iou"] = iou(pred_mask.detach(), targets.mask)
+        terms["iou"] = mask_iou(targets.mask, pred_mask.detach())
     return total, terms

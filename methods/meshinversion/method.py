@@ -16,22 +16,31 @@ Weights policy (recorded in every record's ``info`` and in :meth:`describe`):
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
+from bench.failures import describe_exception, isolate_failures
 from bench.manifest import sha256_file
 from bench.methods.base import Method, Reconstruction, TexturedMesh
+from bench.metrics.iou import mask_iou
+from bench.seeds import sample_seed
+from bench.timing import Stopwatch, synchronize
+from bench.weights import missing_weights_error, resolve_weights
 
 from .config import PROFILES, InversionConfig
 from .render import render
+from .vgg import VGG19_FILENAME, default_vgg19_path
 
-#: seed of the random VGG19 used when no weights file exists (demo generator only).
+#: seed of the random VGG19 *weights* used when no weights file exists (demo generator only).
 RANDOM_VGG_SEED = 123
+#: how the user names the VGG19 weights file.
+VGG_WEIGHTS_OPTION = "ours.vgg_weights"
+_DISABLE_FEATURE_TERM = "or disable the term with --set ours.feat_loss=false"
+#: a CUB-like camera (scale, translation, canonical quaternion) for the setup warm-up passes.
+_WARMUP_CAMERA = (0.6, 0.0, 0.0, 0.612372, 0.353553, -0.612372, 0.353553)
 
 
 def random_vgg19_relu3_1(seed: int = RANDOM_VGG_SEED):
@@ -40,28 +49,30 @@ def random_vgg19_relu3_1(seed: int = RANDOM_VGG_SEED):
     from .vgg import VGGRelu31
 
     model = VGGRelu31()
-    gen = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * math.sqrt(2.0 / fan_out))
-                m.bias.zero_()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+                module.weight.copy_(torch.randn(module.weight.shape, generator=rng) * math.sqrt(2.0 / fan_out))
+                module.bias.zero_()
     return model
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
-        return True
-    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
-                                              or "not enough memory" in str(exc).lower())
+class _Prepared(NamedTuple):
+    """One sample ready for the fit."""
+
+    index: int  # position in the reconstruct() batch
+    sample: Any
+    image: torch.Tensor  # (3,S,S) in [0,1] at the fit resolution S
+    mask: torch.Tensor  # (S,S) {0,1}
+    output_hw: tuple[int, int]  # the sample's own size: the size of the returned render
 
 
 class MeshInversionMethod(Method):
     """MeshInversion (Zhang et al., ECCV 2022): GAN inversion with Chamfer losses and 4-stage Adam."""
 
     name = "ours"
-    summary = "MeshInversion: GAN inversion of the ConvMesh generator (Chamfer losses, 4-stage Adam)"
     Config = InversionConfig
     profiles = PROFILES
 
@@ -75,29 +86,36 @@ class MeshInversionMethod(Method):
         self.vgg_source: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
-    def _load_vgg(self, device):
-        """VGG19 relu3_1 extractor per the weights policy; sets ``feature_term``."""
-        from . import vgg as vgg_mod
-
+    def _vgg_plan(self) -> tuple[str, Path | None]:
+        """Where the feature term's VGG19 comes from, decided without loading anything:
+        ("off" | "file" | "random" | "missing", path). A ``vgg_weights`` file that does not exist
+        raises :class:`UserError`."""
         cfg = self.config
         if not cfg.feat_loss:
+            return "off", None
+        path = resolve_weights(cfg.vgg_weights, (VGG19_FILENAME,), option=VGG_WEIGHTS_OPTION)
+        if path is not None:
+            return "file", path
+        if cfg.checkpoint:
+            return "missing", default_vgg19_path()
+        return "random", None
+
+    def _load_vgg(self, device):
+        """VGG19 relu3_1 extractor per the weights policy; sets ``feature_term``."""
+        from .vgg import load_vgg19_relu3_1
+
+        kind, path = self._vgg_plan()
+        if kind == "off":
             self.feature_term = "off"
             return None
-        path = Path(cfg.vgg_weights).expanduser() if cfg.vgg_weights else vgg_mod.default_vgg19_path()
-        if not path.is_file():
-            if cfg.vgg_weights:
-                raise UserError(f"VGG19 weights file not found: {cfg.vgg_weights} (pass an existing "
-                                f"vgg19-dcbb9e9d.pth, or --set ours.feat_loss=false)")
-            if cfg.checkpoint:
-                raise UserError(
-                    f"the feature loss needs torchvision's VGG19 ImageNet weights: put vgg19-dcbb9e9d.pth in "
-                    f"{vgg_mod.default_vgg19_path()} (or pass --set ours.vgg_weights=PATH), or disable the term "
-                    f"with --set ours.feat_loss=false")
+        if kind == "missing":
+            raise missing_weights_error("the feature loss's VGG19 ImageNet weights", VGG19_FILENAME,
+                                        f"--set {VGG_WEIGHTS_OPTION}", extra=_DISABLE_FEATURE_TERM)
+        if kind == "random":
             self.feature_term = "random vgg19 (no weights file)"
             self.vgg_source = {"label": self.feature_term, "seed": RANDOM_VGG_SEED}
             return random_vgg19_relu3_1(RANDOM_VGG_SEED).to(device)
-        model = vgg_mod.load_vgg19_relu3_1(path, disable_hint="or disable the term with --set ours.feat_loss=false")
-        model = model.to(device)
+        model = load_vgg19_relu3_1(path, device=device, disable_hint=_DISABLE_FEATURE_TERM)
         sha = sha256_file(path)
         self.feature_term = f"vgg19 weights {path.name} sha256:{sha[:12]}"
         self.vgg_source = {"path": str(path), "sha256": sha}
@@ -122,46 +140,32 @@ class MeshInversionMethod(Method):
         vgg = self._load_vgg(self.device)
         self.criterion = self.build_criterion(vgg)
         self.inverter = MeshInverter(self.generator, self.template, self.criterion, cfg, self.device)
-        self._warm_up()
+        self._run_warmup_passes()
 
-    def _warm_up(self) -> None:
-        """Untimed forward/backward passes (kernel selection, allocator, lazy inits)."""
-        n = self.config.warmup_iterations
-        if n <= 0:
+    def _run_warmup_passes(self) -> None:
+        """``warmup_passes`` untimed forward/backward passes (kernel selection, allocator, lazy inits)."""
+        passes = self.config.warmup_passes
+        if passes <= 0:
             return
         size = self.config.render_size
+        inverter = self.inverter
         z = torch.zeros(1, 64, device=self.device, requires_grad=True)
-        cam = torch.tensor([[0.6, 0.0, 0.0, 0.612372, 0.353553, -0.612372, 0.353553]], device=self.device)
-        c = torch.zeros(1, dtype=torch.long, device=self.device)
+        camera = torch.tensor([_WARMUP_CAMERA], device=self.device)
+        pose = camera[:, :1], camera[:, 1:3], camera[:, 3:]
+        class_ids = torch.zeros(1, dtype=torch.long, device=self.device)
         with torch.no_grad():
-            _, _, out = self.inverter.forward(z, c, cam[:, :1], cam[:, 1:3], cam[:, 3:], size)
+            _, _, out = inverter.forward(z, class_ids, *pose, size)
         image01 = (out.image / 2 + 0.5) * out.mask + (1 - out.mask)
-        target = self.inverter.prepare_target(image01, out.mask[:, 0])
-        gen = [torch.Generator().manual_seed(0)]
+        target = inverter.prepare_target(image01, out.mask[:, 0])
+        rngs = [torch.Generator().manual_seed(0)]
         rows = torch.zeros(1, dtype=torch.long, device=self.device)
-        for _ in range(n):
-            _, _, out = self.inverter.forward(z, c, cam[:, :1], cam[:, 1:3], cam[:, 3:], size)
-            total, _ = self.inverter._losses(out, z, target, rows, gen)
+        for _ in range(passes):
+            _, _, out = inverter.forward(z, class_ids, *pose, size)
+            total, _ = inverter._losses(out, z, target, rows, rngs)
             total.sum().backward()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
     # ------------------------------------------------------------------ describe
-    def _vgg_plan(self) -> tuple[str, Path | None]:
-        """Where the feature term's VGG19 comes from, decided without loading anything:
-        ("off" | "file" | "random" | "missing", path)."""
-        from .vgg import default_vgg19_path
-
-        cfg = self.config
-        if not cfg.feat_loss:
-            return "off", None
-        path = Path(cfg.vgg_weights).expanduser() if cfg.vgg_weights else default_vgg19_path()
-        if path.is_file():
-            return "file", path
-        if cfg.vgg_weights or cfg.checkpoint:
-            return "missing", path
-        return "random", None
-
     def labels(self) -> list[str]:
         """``untrained`` (demo generator), ``random vgg19``, ``no feature loss`` as they apply."""
         labels = []
@@ -197,97 +201,81 @@ class MeshInversionMethod(Method):
         if image.dim() != 3 or image.shape[0] != 3 or mask.shape != image.shape[1:]:
             raise ValueError(f"sample {sample.id}: expected image (3,H,W) and mask (H,W), got "
                              f"{tuple(image.shape)} and {tuple(mask.shape)}")
-        out_hw = tuple(image.shape[1:])
-        if out_hw != (size, size):
+        output_hw = tuple(image.shape[1:])
+        if output_hw != (size, size):
             image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
             mask = F.interpolate(mask[None, None], size=(size, size), mode="nearest")[0, 0]
-        return image.clamp(0, 1), (mask > 0.5).float(), out_hw
+        return image.clamp(0, 1), (mask > 0.5).float(), output_hw
 
     def reconstruct(self, samples: list) -> list[Reconstruction]:
-        """Invert a batch of samples (optimised together); one Reconstruction per sample, same order."""
+        """Invert a batch of samples (optimised together); one Reconstruction per sample, same order.
+
+        A malformed sample fails alone; a batch that raises is retried instance by instance
+        (:func:`bench.failures.isolate_failures`).
+        """
         if self.inverter is None:
             raise RuntimeError("call setup(device) before reconstruct()")
         results: list[Reconstruction | None] = [None] * len(samples)
-        prepared = []
-        for i, s in enumerate(samples):
-            try:
-                prepared.append((i, *self._prepare(s)))
-            except Exception as exc:  # noqa: BLE001 - a bad sample fails alone
-                results[i] = Reconstruction.failed(s.id, f"{type(exc).__name__}: {exc}")
         # one inversion batch per output size (the fit itself is always at render_size)
-        groups: dict[tuple, list] = {}
-        for item in prepared:
-            groups.setdefault(item[3], []).append(item)
-        for out_hw, items in groups.items():
-            for idx, rec in self._invert_group([samples[i] for i, *_ in items], items, out_hw):
-                results[idx] = rec
+        groups: dict[tuple, list[_Prepared]] = {}
+        for index, sample in enumerate(samples):
+            try:
+                image, mask, output_hw = self._prepare(sample)
+            except Exception as exc:  # noqa: BLE001 - a bad sample fails alone
+                results[index] = Reconstruction.failed(sample.id, describe_exception(exc))
+                continue
+            groups.setdefault(output_hw, []).append(_Prepared(index, sample, image, mask, output_hw))
+        for items in groups.values():
+            recs = isolate_failures(self._invert_batch, items,
+                                    lambda item, message: Reconstruction.failed(item.sample.id, message))
+            for item, rec in zip(items, recs):
+                results[item.index] = rec
         return results  # type: ignore[return-value]
 
-    def _invert_group(self, samples, items, out_hw):
-        try:
-            return list(zip([i for i, *_ in items], self._invert_batch(samples, items, out_hw)))
-        except UserError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if len(items) == 1:
-                kind = "out of memory" if _is_oom(exc) else type(exc).__name__
-                return [(items[0][0], Reconstruction.failed(samples[0].id, f"{kind}: {exc}"))]
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            # retry one by one so the other instances of the batch still succeed
-            out = []
-            for s, item in zip(samples, items):
-                out.extend(self._invert_group([s], [item], out_hw))
-            return out
+    def _invert_batch(self, items: list[_Prepared]) -> list[Reconstruction]:
+        """One :meth:`MeshInverter.invert` over prepared samples of one output size."""
+        samples = [item.sample for item in items]
+        result = self.inverter.invert(
+            torch.stack([item.image for item in items]), torch.stack([item.mask for item in items]),
+            torch.tensor([int(sample.class_id) for sample in samples], dtype=torch.long),
+            torch.stack([sample.camera.reshape(7).float() for sample in samples]),
+            [sample_seed(sample) for sample in samples], output_size=items[0].output_hw)
+        per_instance = {stage: seconds / len(samples) for stage, seconds in result.timings.items()}
+        return [self._reconstruction(sample, result, row, per_instance) for row, sample in enumerate(samples)]
 
-    def _invert_batch(self, samples, items, out_hw) -> list[Reconstruction]:
-        from .inverter import instance_seed, mask_iou
-
-        cfg = self.config
-        images = torch.stack([it[1] for it in items])
-        masks = torch.stack([it[2] for it in items])
-        class_ids = torch.tensor([int(s.class_id) for s in samples], dtype=torch.long)
-        cameras = torch.stack([s.camera.reshape(7).float() for s in samples])
-        seeds = [instance_seed(cfg.seed, s.id) for s in samples]
-        res = self.inverter.invert(images, masks, class_ids, cameras, seeds, output_size=out_hw)
-        B = len(samples)
-        faces = self.template.faces.cpu()
-        face_uvs = self.template.face_uvs.cpu()
-        per = {k: v / B for k, v in res.timings.items()}
-        recs = []
-        for b, s in enumerate(samples):
-            if res.errors[b] is not None:
-                recs.append(Reconstruction.failed(s.id, res.errors[b]))
-                continue
-            mask = res.mask[b, 0].detach().cpu()
-            sample_mask = s.mask.float().cpu()
-            iou_final = float(mask_iou(sample_mask[None], mask[None])[0]) if sample_mask.shape == mask.shape \
-                else float(res.iou_fit[b])
-            recs.append(Reconstruction(
-                sample_id=s.id,
-                mesh=TexturedMesh(vertices=res.vertices[b].detach().cpu(), faces=faces, face_uvs=face_uvs,
-                                  texture=res.texture[b].detach().cpu()),
-                camera=res.camera[b].detach().cpu(),
-                image=(res.image[b].detach().cpu() / 2 + 0.5),
-                mask=mask,
-                latent=res.latent[b].detach().cpu(),
-                timings={"total": per["total"], "init": per["init"], "optimize": per["optimize"]},
-                losses=res.losses[b],
-                info={
-                    "iou_init": float(res.iou_init[b]),
-                    "iou_final": iou_final,
-                    "chosen_candidate": int(res.chosen[b]),
-                    "init_score": float(res.init_scores[b, res.chosen[b]]),
-                    "final_terms": res.final_terms[b],
-                    "feature_term": self.feature_term,
-                    "labels": self.labels(),
-                    "batch_size": B,
-                    "batch_timings": dict(res.timings),
-                    "outputs": "last forward (official, one step behind)" if cfg.stale_outputs else "final",
-                    "fit_size": cfg.render_size,
-                },
-            ))
-        return recs
+    def _reconstruction(self, sample, result, row: int, per_instance: dict[str, float]) -> Reconstruction:
+        """The Reconstruction of row ``row`` of an :class:`.inverter.InversionResult`."""
+        if result.errors[row] is not None:
+            return Reconstruction.failed(sample.id, result.errors[row])
+        mask = result.mask[row, 0].detach().cpu()
+        sample_mask = sample.mask.float().cpu()
+        iou_final = float(mask_iou(sample_mask, mask)) if sample_mask.shape == mask.shape \
+            else float(result.iou_fit[row])
+        chosen = int(result.chosen[row])
+        return Reconstruction(
+            sample_id=sample.id,
+            mesh=TexturedMesh(vertices=result.vertices[row].detach().cpu(), faces=self.template.faces.cpu(),
+                              face_uvs=self.template.face_uvs.cpu(), texture=result.texture[row].detach().cpu()),
+            camera=result.camera[row].detach().cpu(),
+            image=(result.image[row].detach().cpu() / 2 + 0.5),
+            mask=mask,
+            latent=result.latent[row].detach().cpu(),
+            timings={stage: per_instance[stage] for stage in ("total", "init", "optimize")},
+            losses=result.losses[row],
+            info={
+                "iou_init": float(result.iou_init[row]),
+                "iou_final": iou_final,
+                "chosen_candidate": chosen,
+                "init_score": float(result.init_scores[row, chosen]),
+                "final_terms": result.final_terms[row],
+                "feature_term": self.feature_term,
+                "labels": self.labels(),
+                "batch_size": len(result.errors),
+                "batch_timings": dict(result.timings),
+                "outputs": "last forward (official, one step behind)" if self.config.stale_outputs else "final",
+                "fit_size": self.config.render_size,
+            },
+        )
 
     # ------------------------------------------------------------------ profiling
     def profile_stages(self, batch_size: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, list[float]]:
@@ -296,7 +284,7 @@ class MeshInversionMethod(Method):
         Targets are rendered from the method's own generator at a CUB-like camera; each timed
         iteration runs generator -> render -> VGG -> every loss term -> backward -> Adam step on a
         batch of ``batch_size`` instances. One untimed iteration precedes the ``repeats`` timed
-        ones; on CUDA the device is synchronised around every stage.
+        ones; every stage is timed by :class:`bench.timing.Stopwatch` (CUDA-synchronised).
 
         Returns:
             {stage: [seconds per repeat]} with stages ``generator``, ``render``, ``vgg``,
@@ -305,61 +293,67 @@ class MeshInversionMethod(Method):
         """
         from bench.render.camera import canonical_quaternion
 
-        from . import losses as L
+        from . import losses
 
         if self.inverter is None:
             raise RuntimeError("call setup(device) before profile_stages()")
-        cfg, dev, inv = self.config, self.device, self.inverter
-        size = cfg.render_size
-        gen = torch.Generator().manual_seed(seed)
-        B = int(batch_size)
-        cam = torch.cat([torch.full((B, 1), 0.65), torch.zeros(B, 2), canonical_quaternion()[None].expand(B, 4)], 1)
-        cam = cam.to(dev)
-        classes = torch.randint(0, 200, (B,), generator=gen).to(dev)
+        inverter, device, size = self.inverter, self.device, self.config.render_size
+        loss_config = self.criterion.loss_config
+        rng = torch.Generator().manual_seed(seed)
+        batch = int(batch_size)
+        camera = torch.cat([torch.full((batch, 1), 0.65), torch.zeros(batch, 2),
+                            canonical_quaternion()[None].expand(batch, 4)], 1).to(device)
+        class_ids = torch.randint(0, 200, (batch,), generator=rng).to(device)
         with torch.no_grad():
-            z_t = torch.randn(B, 64, generator=gen).to(dev)
-            _, _, out = inv.forward(z_t, classes, cam[:, :1], cam[:, 1:3], cam[:, 3:], size)
+            target_latent = torch.randn(batch, 64, generator=rng).to(device)
+            _, _, out = inverter.forward(target_latent, class_ids, camera[:, :1], camera[:, 1:3], camera[:, 3:], size)
             image01 = (out.image / 2 + 0.5) * out.mask + (1 - out.mask)
-        target = inv.prepare_target(image01, out.mask[:, 0])
-        lc = self.criterion.loss_config
-        z = torch.randn(B, 64, generator=gen).to(dev).requires_grad_(True)
-        scale = (cam[:, :1] * 0.95).clone().requires_grad_(True)
-        trans = (cam[:, 1:3] + 0.02).clone().requires_grad_(True)
-        rot = cam[:, 3:].clone().requires_grad_(True)
-        z_optim, pose_optim, _ = inv._make_optimizers(z, scale, trans, rot)
-        times: dict[str, list[float]] = {}
+        target = inverter.prepare_target(image01, out.mask[:, 0])
+        z = torch.randn(batch, 64, generator=rng).to(device).requires_grad_(True)
+        scale = (camera[:, :1] * 0.95).clone().requires_grad_(True)
+        translation = (camera[:, 1:3] + 0.02).clone().requires_grad_(True)
+        rotation = camera[:, 3:].clone().requires_grad_(True)
+        z_optim, pose_optim, _ = inverter._make_optimizers(z, scale, translation, rotation)
 
-        def timed(name, fn):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t = time.perf_counter()
-            value = fn()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            times.setdefault(name, []).append(time.perf_counter() - t)
-            return value
-
-        for it in range(repeats + 1):
+        def iteration(stopwatch: Stopwatch) -> None:
             z_optim.zero_grad()
             pose_optim.zero_grad()
-            tex, mm = timed("generator", lambda: inv.generate(z, classes))
-            rout = timed("render", lambda: render(self.template, tex, mm, scale, trans, rot, size))
+            with stopwatch("generator"):
+                texture, mesh_map = inverter.generate(z, class_ids)
+            with stopwatch("render"):
+                rendered = render(self.template, texture, mesh_map, scale, translation, rotation, size)
             total = 0
-            if lc.use_mask:
-                total = total + lc.mask_wt * timed("loss:mask", lambda: L.chamfer_mask_loss(
-                    rout.vtx_xy, target.points.xy, target.points.lengths, lc.chunk_size))
-            if lc.use_pixel:
-                total = total + lc.pixel_wt * timed("loss:pixel", lambda: L.pixel_texture_loss(
-                    rout.image, rout.mask, target.points, lc, generator=gen))
-            if lc.use_feat:
-                feats = timed("vgg", lambda: self.criterion.vgg(rout.image, rout.mask))
-                total = total + lc.feat_wt * timed("loss:feat", lambda: L.feat_texture_loss(
-                    feats, rout.mask, target.feat_points, lc, generator=gen))
-            if lc.use_nll:
-                total = total + lc.nll_wt * timed("loss:nll", lambda: L.nll_loss(z))
-            timed("backward", lambda: total.sum().backward())
-            timed("step", lambda: (z_optim.step(), pose_optim.step()))
-            if it == 0:  # warm-up iteration, not reported
-                times.clear()
-        times["iteration"] = [sum(v[i] for v in times.values()) for i in range(repeats)]
+            if loss_config.mask_loss:
+                with stopwatch("loss:mask"):
+                    term = losses.chamfer_mask_loss(rendered.vtx_xy, target.points.xy, target.points.lengths,
+                                                    loss_config.chunk_size)
+                total = total + loss_config.mask_loss_weight * term
+            if loss_config.pixel_loss:
+                with stopwatch("loss:pixel"):
+                    term = losses.pixel_texture_loss(rendered.image, rendered.mask, target.points, loss_config,
+                                                     generator=rng)
+                total = total + loss_config.pixel_loss_weight * term
+            if loss_config.feat_loss:
+                with stopwatch("vgg"):
+                    features = self.criterion.vgg(rendered.image, rendered.mask)
+                with stopwatch("loss:feat"):
+                    term = losses.feat_texture_loss(features, rendered.mask, target.feat_points, loss_config,
+                                                    generator=rng)
+                total = total + loss_config.feat_loss_weight * term
+            if loss_config.nll_loss:
+                with stopwatch("loss:nll"):
+                    term = losses.nll_loss(z)
+                total = total + loss_config.nll_loss_weight * term
+            with stopwatch("backward"):
+                total.sum().backward()
+            with stopwatch("step"):
+                z_optim.step()
+                pose_optim.step()
+
+        iteration(Stopwatch(device))  # warm-up iteration, not reported
+        stopwatch = Stopwatch(device)
+        for _ in range(repeats):
+            iteration(stopwatch)
+        times = {stage: list(laps) for stage, laps in stopwatch.laps.items()}
+        times["iteration"] = [sum(laps[i] for laps in times.values()) for i in range(repeats)]
         return times

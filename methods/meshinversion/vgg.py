@@ -3,12 +3,13 @@
 The network is ``torchvision.models.vgg19().features[:12]`` (conv1_1 … relu3_1, two max-pools,
 256 channels at H/4 × W/4), built here layer by layer with the same module indices so that
 torchvision's ``features.<i>.*`` state-dict keys load unchanged (the 120M-parameter classifier is
-never built). Weights are ImageNet weights read from a file, never downloaded:
+never built). Weights are ImageNet weights read from a file, never downloaded, found by the
+project's one resolver (:func:`bench.weights.resolve_weights`):
 
 1. an explicit ``path``;
-2. else the torch hub cache, ``torch.hub.get_dir()/checkpoints/vgg19-dcbb9e9d.pth``
-   (i.e. ``$TORCH_HOME/hub/checkpoints/``, where ``torchvision.models.vgg19(weights=...)`` puts it);
-3. else :class:`bench.errors.UserError`.
+2. else the torch hub cache, ``$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth`` (where
+   ``torchvision.models.vgg19(weights=...)`` puts it);
+3. else :class:`bench.errors.UserError` (:func:`bench.weights.missing_weights_error`).
 
 Tests use :func:`vgg_from_fixture`, the random weights stored in ``loss_fixtures.npz``.
 """
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import UserError
+from bench.weights import hub_checkpoint_dir, missing_weights_error, resolve_weights
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -50,8 +52,8 @@ _KEY = re.compile(r"^(?:features\.|vgg_slice\d+\.)?(\d+)\.(weight|bias)$")
 
 
 def default_vgg19_path() -> Path:
-    """``torch.hub.get_dir()/checkpoints/vgg19-dcbb9e9d.pth`` (honours $TORCH_HOME)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILENAME
+    """Where torchvision keeps the file: ``$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth``."""
+    return hub_checkpoint_dir() / VGG19_FILENAME
 
 
 def vgg_preprocess(image: Tensor, mask: Tensor) -> Tensor:
@@ -126,19 +128,18 @@ class VGGRelu31(nn.Module):
 
 
 def load_vgg19_relu3_1(path: str | Path | None = None, *, device: torch.device | str = "cpu",
-                       disable_hint: str = "or turn the feature term off (LossConfig.use_feat=False)"
+                       option: str = "path",
+                       disable_hint: str = "or turn the feature term off (LossConfig.feat_loss=False)"
                        ) -> VGGRelu31:
     """VGG19 relu3_1 with torchvision ImageNet weights read from ``path`` or the hub cache.
 
-    Never downloads. A missing file raises a one-line :class:`UserError` saying where to put it;
-    ``disable_hint`` ends that message (callers with their own config field names pass theirs).
+    Never downloads. A missing file raises a one-line :class:`UserError` saying where to put it
+    (``option`` names how the caller sets the path; ``disable_hint`` ends the message).
     """
-    target = Path(path).expanduser() if path is not None else default_vgg19_path()
-    if not target.is_file():
-        where = (f"put {VGG19_URL} at {target}" if path is None
-                 else f"check the path, or put {VGG19_URL} at {default_vgg19_path()} and pass no path")
-        raise UserError(f"VGG19 ImageNet weights for the feature texture loss not found at {target}: "
-                        f"{where}, {disable_hint}")
+    target = resolve_weights(path, (VGG19_FILENAME,), option=option)
+    if target is None:
+        raise missing_weights_error(f"VGG19 ImageNet weights {default_vgg19_path()} (from {VGG19_URL})",
+                                    VGG19_FILENAME, option, extra=disable_hint)
     try:
         try:  # zip-format files are memory-mapped: the classifier weights are never read
             state = torch.load(target, map_location="cpu", weights_only=True, mmap=True)

@@ -28,7 +28,7 @@ BATCHES = [1, 8]
 
 @functools.lru_cache(maxsize=1)
 def fast_method() -> MeshInversionMethod:
-    method = MeshInversionMethod(build_config(InversionConfig, "fast", PROFILES, {"warmup_iterations": "1"}))
+    method = MeshInversionMethod(build_config(InversionConfig, "fast", PROFILES, {"warmup_passes": "1"}))
     method.setup("cpu")
     return method
 
