@@ -8,8 +8,9 @@ pose = a perturbed target pose, ``select_num=4``, ``iterations=[2,2,1,1]``, defa
 
 One free-running inversion (batch 1) gives the candidate choice, the per-step learning rates, the
 step-0 loss and gradients (step 0 *is* teacher-forced: it starts from the recorded state), the
-final latent/pose and the stale saved render; steps 1..5 are then re-evaluated at the recorded
-states (teacher forcing) in one extra forward/backward batch.
+free-running losses/IoU (compared loosely: they drift with float rounding) and the stale saved
+render; steps 1.. are then re-evaluated at the recorded states (teacher forcing) in one extra
+forward/backward batch. Every expected value is read from the fixture files, none is written here.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ import torch
 
 from bench.methods.meshinversion.config import InversionConfig
 from bench.methods.meshinversion.generator import load_generator
-from bench.methods.meshinversion.inverter import InversionCriterion, MeshInverter, mask_iou
+from bench.methods.meshinversion.inverter import InversionCriterion, MeshInverter
 from bench.methods.meshinversion.vgg import vgg_from_fixture
+from bench.metrics.iou import mask_iou
 from bench.render.uvsphere import uvsphere_template
 
 GRADS = (("z", "grad_z"), ("scale", "grad_scale"), ("translation", "grad_translation"),
@@ -41,20 +43,42 @@ def official(fixtures_dir):
 
 
 @pytest.fixture(scope="module")
-def run(fixtures_dir, official):
-    """Free-running inversion of the fixture target with the recorded candidates."""
+def setting(fixtures_dir, official):
+    """The recorded run's config, generator, VGG and inputs (target, initial camera, candidates)."""
     trace, inp = official
     cfg = InversionConfig(select_num=len(trace["init_candidate_noises"]), iterations=trace["config"]["iterations"],
                           z_lrs=trace["config"]["z_lrs"], pose_lrs=trace["config"]["pose_lrs"],
                           init_batch_size=4, stale_outputs=True, batch_invariant=True)
     gen = load_generator(fixtures_dir / "gen512_perturbed_fp16_state_dict.pt")
     vgg = vgg_from_fixture(fixtures_dir / "loss_fixtures.npz")
-    inv = MeshInverter(gen, uvsphere_template("cpu"), InversionCriterion(cfg, vgg), cfg)
     image = torch.from_numpy(inp["target_img01"]).float()
     mask = torch.from_numpy(inp["target_mask"]).float()
     camera = torch.from_numpy(inp["sfm_pose"]).float()
     class_ids = torch.from_numpy(inp["class_id"]).reshape(1)
     candidates = _t(trace["init_candidate_noises"])[None]
+    return cfg, gen, vgg, (image, mask, class_ids, camera, candidates)
+
+
+def _inverter(setting) -> MeshInverter:
+    cfg, gen, vgg, _ = setting
+    return MeshInverter(gen, uvsphere_template("cpu"), InversionCriterion(cfg, vgg), cfg)
+
+
+@pytest.fixture(scope="module")
+def init_choice(setting):
+    """Only the initial choice among the recorded candidates (the free run repeats it; this is cheap)."""
+    image, mask, class_ids, camera, candidates = setting[3]
+    inv = _inverter(setting)
+    target = inv.prepare_target(image, mask)
+    return inv.choose_initial_latent(target, mask.reshape(1, 1, *mask.shape[-2:]), class_ids, camera, [0],
+                                     candidates)
+
+
+@pytest.fixture(scope="module")
+def run(setting):
+    """Free-running inversion of the fixture target with the recorded candidates."""
+    inv = _inverter(setting)
+    image, mask, class_ids, camera, candidates = setting[3]
     steps = []
 
     def record(state, total, terms):
@@ -78,20 +102,23 @@ def _check_grads(ours: dict, step: dict, where: str) -> None:
         assert diff <= tol, f"{where}: {key} differs by {diff:.3g} (tolerance {tol:.3g})"
 
 
-def test_initial_candidate_choice(official, run):
+def test_initial_candidate_choice(official, init_choice):
     trace, _ = official
-    _, result, _, _ = run
-    assert int(result.chosen[0]) == trace["init_chosen_index"] == 2
+    chosen = trace["init_chosen_index"]
+    assert int(init_choice.chosen[0]) == chosen
     # the official score adds the prior of the *previous* latent: a constant offset over candidates
     recorded = torch.tensor([c["loss"] for c in trace["init_losses"]], dtype=torch.float64)
-    offset = recorded - result.init_scores[0]
+    assert int(recorded.argmin()) == chosen
+    offset = recorded - init_choice.scores[0]
     assert float(offset.max() - offset.min()) < 1e-5 * float(recorded.abs().max()), offset
-    assert float(result.iou_init[0]) == pytest.approx(trace["init_losses"][2]["iou"], abs=1e-6)
+    assert float(init_choice.iou[0]) == pytest.approx(trace["init_losses"][chosen]["iou"], abs=1e-6)
+    torch.testing.assert_close(init_choice.latent[0], _t(trace["init_chosen_z"][0]), rtol=0, atol=0)
 
 
 def test_step0_loss_and_gradients(official, run):
     trace, _ = official
-    _, _, steps, _ = run
+    _, result, steps, _ = run
+    assert int(result.chosen[0]) == trace["init_chosen_index"]  # the free run starts from the official choice
     ref = trace["steps"][0]
     assert steps[0]["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     assert steps[0]["iou"] == pytest.approx(ref["iou"], abs=1e-6)
@@ -101,14 +128,14 @@ def test_step0_loss_and_gradients(official, run):
 def test_learning_rates(official, run):
     trace, _ = official
     _, _, steps, _ = run
-    assert len(steps) == len(trace["steps"]) == 6
+    assert len(steps) == len(trace["steps"]) == sum(trace["config"]["iterations"])
     for ours, ref in zip(steps, trace["steps"]):
         assert ours["lr_z"] == pytest.approx(ref["lr_z"], rel=1e-12)
         assert ours["lr_pose"] == pytest.approx(ref["lr_pose"], rel=1e-12)
 
 
 def test_teacher_forced_steps(official, run):
-    """Steps 1..5 evaluated at the recorded latent/pose: loss rtol 1e-5, gradients 2e-3 x max."""
+    """Steps 1.. (all but the first) evaluated at the recorded latent/pose: loss rtol 1e-5, gradients 2e-3 x max."""
     trace, _ = official
     inv, _, _, (image, mask, class_ids) = run
     recorded = trace["steps"][1:]
@@ -132,16 +159,18 @@ def test_teacher_forced_steps(official, run):
 
 
 def test_free_running_final_state(official, run):
-    """Free-running drift is rounding, not error: compare loosely (README: atol about 1e-2)."""
+    """Free-running drift is rounding, not error (README: rerunning the official code with another
+    thread count moves the final latent by ~7e-3, more on other seeds): the per-step losses, the
+    final IoU, the direction the latent moved in and the saved render are compared, not the final
+    latent/pose values."""
     trace, inp = official
     _, result, steps, _ = run
     for ours, ref in zip(steps, trace["steps"]):
         assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-3)
-    assert torch.allclose(result.latent[0], _t(trace["final_z"][0]), atol=1e-2)
-    cam = result.camera[0]
-    ref_cam = torch.cat([_t(trace["final_scale"][0]), _t(trace["final_translation"][0][:2]),
-                         _t(trace["final_rotation"][0])])
-    assert torch.allclose(cam, ref_cam, atol=1e-2), (cam, ref_cam)
+    assert steps[-1]["iou"] == pytest.approx(trace["steps"][-1]["iou"], abs=5e-3)
+    start = _t(trace["init_chosen_z"][0])
+    moved = torch.nn.functional.cosine_similarity(result.latent[0] - start, _t(trace["final_z"][0]) - start, dim=0)
+    assert float(moved) > 0.99, float(moved)
     # stale_outputs: the render is the official saved one, made one Adam step before the final state
     ref_mask = torch.from_numpy(inp["final_pred_mask"]).float()
     assert float(mask_iou(ref_mask, result.mask)) > 0.98

@@ -17,13 +17,12 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from bench.errors import UserError
 from bench.metrics import extractors as ex
 from bench.metrics.base import EvalContext, EvalOptions
-from bench.metrics.fid import (FID1Metric, FID10Metric, FID12Metric, FIDEngine, KIDMetric, fid10_angles,
-                               fid_from_features, fid_from_statistics, kid_from_features, quantize_round,
-                               quantize_truncate, read_png)
+from bench.metrics.distance import fid_from_features, fid_from_statistics, kid_from_features
+from bench.metrics.fid import FID1Metric, FID10Metric, FID12Metric, FIDParts, KIDMetric
+from bench.metrics.images import quantize_round, quantize_truncate, read_png
+from bench.metrics.views import ViewRenderer, fid10_angles
 from bench.metrics.reference import convmesh_covariance, load_reference_npz, statistics_from_features
 from bench.store import RunDir
-
-FIXTURE_FID = 45.738177
 
 # ---------------------------------------------------------------------------------------------
 # factories (also used by test_shape3d and test_eval_cli)
@@ -97,7 +96,7 @@ def perturb(mesh: dict, sigma: float, seed: int) -> dict:
 def input_view(mesh: dict, size: int, camera=None):
     """Input-view render (image in [0,1] with background 0.5, hard mask) of a mesh."""
     from bench.methods.base import TexturedMesh
-    from bench.metrics.fid import mesh_for_rendering
+    from bench.metrics.views import mesh_for_rendering
     from bench.render.renderer import render_mesh
 
     m = mesh_for_rendering(mesh)
@@ -162,14 +161,19 @@ def tiny_options(**kw) -> EvalOptions:
 
 
 def test_fixture_fid_full_covariance(fixtures_dir):
+    from fixture_variant import frechet_distance
+
     d = np.load(fixtures_dir / "fid_fixture.npz")
-    assert float(d["fid"]) == pytest.approx(FIXTURE_FID, rel=1e-6)
+    official = float(d["fid"])
+    # the stored value is the official (scipy sqrtm) distance of the stored statistics
+    assert frechet_distance(d["mu_fake"], d["sigma_fake"], d["mu_real"], d["sigma_real"]) == pytest.approx(
+        official, rel=1e-6)
     fid = fid_from_features(torch.from_numpy(d["act_fake"]), torch.from_numpy(d["act_real"]))
-    assert fid == pytest.approx(FIXTURE_FID, rel=1e-5)
+    assert fid == pytest.approx(official, rel=1e-5)
     # the stored official statistics give the same number through torch-fidelity's distance
     fid2 = fid_from_statistics({"mu": d["mu_fake"], "sigma": d["sigma_fake"]},
                                {"mu": d["mu_real"], "sigma": d["sigma_real"]})
-    assert fid2 == pytest.approx(FIXTURE_FID, rel=1e-5)
+    assert fid2 == pytest.approx(official, rel=1e-5)
     stats = statistics_from_features(d["act_real"])
     np.testing.assert_allclose(stats["sigma"], d["sigma_real"], rtol=1e-6, atol=1e-9)
 
@@ -180,15 +184,16 @@ def test_fixture_fid_from_convmesh_triangle_storage(fixtures_dir, tmp_path):
     assert np.all(np.triu(tril, 1) == 0)  # only the lower triangle is stored
     np.testing.assert_allclose(convmesh_covariance(tril), d["sigma_real_reconstructed"], rtol=0, atol=0)
     path = tmp_path / "precomputed_fid_299x299_testval.npz"
-    np.savez(path, stats_m=d["mu_real"], stats_s=tril, num_images=300, resolution=299)
+    n_real = len(d["act_real"])
+    np.savez(path, stats_m=d["mu_real"], stats_s=tril, num_images=n_real, resolution=299)
     ref = load_reference_npz(path)
-    assert ref["format"] == "convmesh-tril" and ref["num_images"] == 300
+    assert ref["format"] == "convmesh-tril" and ref["num_images"] == n_real
     fake = statistics_from_features(d["act_fake"])
-    assert fid_from_statistics(fake, ref) == pytest.approx(FIXTURE_FID, rel=1e-5)
+    assert fid_from_statistics(fake, ref) == pytest.approx(float(d["fid"]), rel=1e-5)
     assert fid_from_statistics(fake, ref) == pytest.approx(float(d["fid_from_tril_stats"]), rel=1e-5)
     # loading the triangle naively (as a full covariance) gives a different, wrong number
     naive = fid_from_statistics(fake, {"mu": d["mu_real"], "sigma": tril})
-    assert abs(naive - FIXTURE_FID) > 1.0
+    assert abs(naive - float(d["fid"])) > 1.0
 
 
 def test_kid_uses_torch_fidelity_with_subset_min_n():
@@ -235,14 +240,14 @@ def test_canonical_views_of_fixture_reconstruction_match_official(fixtures_dir, 
     run.write_record({"method": "ours", "instance": "00000", "index": 0, "status": "ok", "metrics": {},
                       "timings": {}})
     ctx = EvalContext(run, ["ours"], EvalOptions(progress=False))
-    paths = FIDEngine(ctx).view_images("ours")
+    paths = ViewRenderer(ctx).view_images("ours")
     assert [p.name for p in paths] == [f"00000_{a:03d}.png" for a in range(0, 360, 30)]
     views = np.stack([read_png(p).permute(1, 2, 0).numpy() for p in paths])
     assert views.shape == ref.shape == (12, 256, 256, 3)
     close = np.abs(views.astype(int) - ref.astype(int)) <= 1
     assert close.mean() >= 0.995, close.mean()
     # FID_10 takes a subset of the same renders
-    p10 = FIDEngine(ctx).view_images("ours", fid10_angles("official-code"))
+    p10 = ViewRenderer(ctx).view_images("ours", fid10_angles("official-code"))
     assert [p.name for p in p10] == [f"00000_{a:03d}.png" for a in fid10_angles("official-code")]
 
 
@@ -305,9 +310,10 @@ def test_fid_against_npz_reference(tiny_run, tmp_path):
     """An .npz (mu/sigma) reference: FID against it equals FID against the features it was made from."""
     opts = tiny_options()
     ctx = EvalContext(tiny_run, ["noisy"], opts)
-    engine = FIDEngine.of(ctx)
-    gt_paths = engine.gt_view_images()
-    feats = engine.features(gt_paths, tiny_run.fid_dir("_reference", "gt-views12-64"), "gt")
+    parts = FIDParts.of(ctx)
+    gt_paths = parts.views.gt_view_images()
+    assert (gt_paths.method, gt_paths.kind) == ("_reference", "gt-views12-64")
+    feats = parts.features.features(gt_paths)
     stats = statistics_from_features(feats)
     np.savez(tmp_path / "ref.npz", mu=stats["mu"], sigma=stats["sigma"])
     by_dataset = FID12Metric().corpus(EvalContext(tiny_run, ["noisy"], opts))
@@ -443,7 +449,7 @@ def test_metrics_json_written_by_evaluate(tiny_run):
 
 def test_canonical_views_of_face_textured_mesh():
     """CMR/UMR meshes (per-face texture grids) go through the same view renderer; white background."""
-    from bench.metrics.fid import render_canonical_views
+    from bench.metrics.views import render_canonical_views
     from bench.render.uvsphere import uvsphere_template
 
     tpl = uvsphere_template("cpu")

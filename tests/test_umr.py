@@ -40,18 +40,20 @@ def test_key_layout_matches_manifest(umr_manifest, net):
 @pytest.mark.parametrize("uv_batch", [None, 4])  # 16 as in the manifest, and another training batch
 def test_strict_load_resizes_uv_sampler(umr_manifest, uv_batch):
     target = UMRMeshNet()
+    saved = json.loads(umr_manifest.read_text())["state_dict"]["uv_sampler"]  # [16, 656, 36, 2]
     state = manifest_state_dict(umr_manifest, uv_batch=uv_batch)
     info = load_state(target, state, "pred_net_latest.pth", "UMR")
-    assert info["uv_sampler_batch"] == (uv_batch or 16)
-    assert target.uv_sampler.shape == (uv_batch or 16, 656, 36, 2)
+    assert info["uv_sampler_batch"] == (uv_batch or saved[0])
+    assert list(target.uv_sampler.shape) == [uv_batch or saved[0]] + saved[1:]
     for key in ("mean_v", "cam_predictor.cam_biases", "shape_predictor.pred_layer.weight", "uv_sampler"):
         assert torch.equal(target.state_dict()[key], state[key])
 
 
 def test_own_uv_sampler_matches_fixture(net, fixtures_dir):
     golden = np.load(fixtures_dir / "icosphere_symmetric_fixtures.npz")["umr_axis1_uv_sampler"]
-    np.testing.assert_array_equal(net.own_uv_sampler.numpy(), golden.reshape(656, 36, 2))
-    np.testing.assert_array_equal(net.uv_sampler[0].numpy(), golden.reshape(656, 36, 2))
+    golden = golden.reshape(golden.shape[0], -1, golden.shape[-1])  # (F, T*T, 2)
+    np.testing.assert_array_equal(net.own_uv_sampler.numpy(), golden)
+    np.testing.assert_array_equal(net.uv_sampler[0].numpy(), golden)
 
 
 def test_wrong_file_one_line(fixtures_dir, tmp_path):
@@ -67,13 +69,16 @@ def test_wrong_file_one_line(fixtures_dir, tmp_path):
 def test_hypotheses_and_vae_code(net):
     img = torch.rand(3, 3, 256, 256)
     with torch.no_grad():
-        enc = net.encode(img, seed=0)
+        enc = net.encode(img, seeds=[0, 1, 2])
         assert enc["hypotheses"].shape == (3, 8, 7) and enc["probs"].shape == (3, 8)
         torch.testing.assert_close(enc["probs"].sum(1), torch.ones(3))
         assert torch.equal(enc["hypothesis"], enc["probs"].argmax(1))
         torch.testing.assert_close(enc["camera"], enc["hypotheses"][torch.arange(3), enc["hypothesis"]])
-        a = choose_hypothesis(enc["probs"], "sample", seed=5)
-        assert torch.equal(a, choose_hypothesis(enc["probs"], "sample", seed=5))
+        a = choose_hypothesis(enc["probs"], "sample", seeds=[5, 6, 7])
+        assert torch.equal(a, choose_hypothesis(enc["probs"], "sample", seeds=[5, 6, 7]))
+        # per-instance draws do not depend on the batch an instance is in
+        torch.testing.assert_close(net.encode(img[1:2], seeds=[1])["eps"][0], enc["eps"][1], atol=0, rtol=0)
+        assert not torch.equal(enc["eps"][0], enc["eps"][1])
         v_mean = net.decode_shape(enc["latent"], enc)
         net.shape_code = "sample"
         try:
@@ -102,7 +107,7 @@ def test_umr_method_labels_and_info():
     from bench.datasets.base import Sample
     from bench.methods.umr.method import UMRMethod
 
-    method = UMRMethod(build_config(UMRMethod.Config, "fast", UMRMethod.profiles, {"warmup": "false"}))
+    method = UMRMethod(build_config(UMRMethod.Config, "fast", UMRMethod.profiles, {"warmup_passes": "0"}))
     method.setup("cpu")
     assert method.describe()["checkpoint_info"]["uv_sampler_max_abs_diff_vs_own"] == 0.0
     s = Sample(id="a", index=0, image=torch.rand(3, 48, 48), mask=torch.ones(48, 48), mask_source="gt",
@@ -111,7 +116,7 @@ def test_umr_method_labels_and_info():
     assert r.status == "ok" and r.info["labels"] == ["untrained"] and r.info["hypothesis_mode"] == "argmax"
     assert len(r.info["hypothesis_probs"]) == 8 and r.mask.shape == (48, 48)
     with pytest.raises(UserError):
-        UMRMethod(build_config(UMRMethod.Config, None, None, {"hypothesis": "best", "warmup": "false"})).setup("cpu")
+        UMRMethod(build_config(UMRMethod.Config, None, None, {"hypothesis": "best", "warmup_passes": "0"})).setup("cpu")
 
 
 def test_sample_camera_init_round_trips_through_umr_frame():
@@ -121,7 +126,7 @@ def test_sample_camera_init_round_trips_through_umr_frame():
     from bench.datasets.base import Sample
     from bench.methods.umr.method import UMRTTOMethod
 
-    cfg = build_config(UMRTTOMethod.Config, None, None, {"iterations": "0", "render_size": "32", "warmup": "false",
+    cfg = build_config(UMRTTOMethod.Config, None, None, {"iterations": "0", "render_size": "32", "warmup_passes": "0",
                                                          "camera_init": "sample"})
     method = UMRTTOMethod(cfg)
     method.setup("cpu")
