@@ -44,7 +44,7 @@ def markdown(name: str, entry, rows: list[dict], profiles: list[str]) -> str:
              "|" + "---|" * len(head)]
     per_profile = {p: {r["name"]: r["value"] for r in config_rows(entry, p)} for p in profiles}
     for row in rows:
-        cells = [f"`{row['name']}`", row["type"], *(f"`{_text(per_profile[p][row['name']])}`" for p in profiles),
+        cells = [f"`{row['name']}`", row["type"].replace("|", "\\|"), *(f"`{_text(per_profile[p][row['name']])}`" for p in profiles),
                  row["help"].replace("|", "\\|")]
         lines.append("| " + " | ".join(cells) + " |")
     del cls
