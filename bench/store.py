@@ -217,7 +217,7 @@ class RunDir:
     def load_artifact(self, method: str, instance: str, device="cpu") -> dict:
         import torch
 
-        return torch.load(self.artifact_path(method, instance), map_location=device, weights_only=False)
+        return torch.load(self.artifact_path(method, instance), map_location=device, weights_only=True)
 
     # corpus metrics ----------------------------------------------------------------------------
     def write_metrics(self, name: str, values: dict) -> None:
