@@ -58,6 +58,8 @@ BAD_SETS = [
     (["--methods", "cmr-tto", "--set", "cmr-tto.camera_init=bogus"], "cmr-tto.camera_init"),
     (["--methods", "cmr-tto", "--set", "cmr-tto.iterations=-1"], "cmr-tto.iterations"),
     (["--methods", "umr-tto", "--set", "umr-tto.render_size=0"], "umr-tto.render_size"),
+    (["--methods", "cmr", "--set", "cmr.warmup_passes=-1"], "cmr.warmup_passes must be >= 0"),
+    (["--methods", "umr", "--set", "umr.hypothesis=best"], "umr.hypothesis must be"),
     (["--set", "synthetic.n=0"], "synthetic.n must be >= 1"),
     (["--set", "synthetic.noise_scale=-1"], "synthetic.noise_scale"),
     (["--device", "gpu"], "--device must be cpu, cuda or cuda:K"),
@@ -75,6 +77,16 @@ def test_bad_option_exits_2_with_one_line_before_writing(args, needle, tmp_path)
     assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1 or lines[0].startswith("Usage:"), proc.stderr
     assert not (tmp_path / "results").exists(), "nothing may be written for a bad option"
+
+
+@pytest.mark.parametrize("args,needle", [(["--set", "cub.mask=bogus"], "cub.mask"),
+                                         (["--set", "cub.padding_frac=-1"], "cub.padding_frac")])
+def test_bad_file_dataset_option_exits_2_before_writing(args, needle, fixtures_dir, tmp_path):
+    root = fixtures_dir / "fake_cub_root"
+    proc = bench("run", "--methods", "ours", "--dataset", "cub", "--data-root", root, "--out", tmp_path / "r" / "run",
+                 "--quiet", *args)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml"])
