@@ -46,6 +46,9 @@ class Stopwatch:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
             self.laps.setdefault(stage, []).append(elapsed)
 
-    def per_instance(self, batch_size: int) -> dict[str, float]:
-        """Each stage's seconds divided by the batch size (the per-instance timing contract)."""
-        return {k: v / max(1, int(batch_size)) for k, v in self.seconds.items()}
+
+
+def per_instance(batch_seconds: dict[str, float], batch_size: int) -> dict[str, float]:
+    """The per-instance timing contract: each stage's batch seconds divided by the batch size
+    (the whole batch's seconds go to ``Reconstruction.info["batch_timings"]``)."""
+    return {stage: seconds / max(1, int(batch_size)) for stage, seconds in batch_seconds.items()}

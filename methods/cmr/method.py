@@ -43,7 +43,7 @@ from bench.methods.cmr.rendering import (BACKGROUND, inward_faces, outward_faces
 from bench.methods.cmr.tto import TTOSettings, prepare, run_tto
 from bench.render.camera import quat_mul
 from bench.seeds import sample_seed
-from bench.timing import Stopwatch, synchronize
+from bench.timing import Stopwatch, per_instance, synchronize
 
 UNTRAINED = "untrained"
 CAMERA_INITS = ("head", "sample")
@@ -294,7 +294,7 @@ class MeshNetMethod(Method):
             image=out.image[b].float().cpu(),
             mask=out.mask[b].float().cpu(),
             latent=out.latent[b].float().cpu(),
-            timings={k: v / batch_size for k, v in batch_timings.items()},
+            timings=per_instance(batch_timings, batch_size),
             losses=[float(x) for x in extra["losses"][:, b].cpu()] if "losses" in extra else [],
             info=info,
         )

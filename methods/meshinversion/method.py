@@ -27,7 +27,7 @@ from bench.manifest import sha256_file
 from bench.methods.base import Method, Reconstruction, TexturedMesh
 from bench.metrics.iou import mask_iou
 from bench.seeds import sample_seed
-from bench.timing import Stopwatch, synchronize
+from bench.timing import Stopwatch, per_instance, synchronize
 from bench.weights import missing_weights_error, resolve_weights
 
 from .config import PROFILES, InversionConfig
@@ -240,10 +240,10 @@ class MeshInversionMethod(Method):
             torch.tensor([int(sample.class_id) for sample in samples], dtype=torch.long),
             torch.stack([sample.camera.reshape(7).float() for sample in samples]),
             [sample_seed(sample) for sample in samples], output_size=items[0].output_hw)
-        per_instance = {stage: seconds / len(samples) for stage, seconds in result.timings.items()}
-        return [self._reconstruction(sample, result, row, per_instance) for row, sample in enumerate(samples)]
+        instance_seconds = per_instance(result.timings, len(samples))
+        return [self._reconstruction(sample, result, row, instance_seconds) for row, sample in enumerate(samples)]
 
-    def _reconstruction(self, sample, result, row: int, per_instance: dict[str, float]) -> Reconstruction:
+    def _reconstruction(self, sample, result, row: int, instance_seconds: dict[str, float]) -> Reconstruction:
         """The Reconstruction of row ``row`` of an :class:`.inverter.InversionResult`."""
         if result.errors[row] is not None:
             return Reconstruction.failed(sample.id, result.errors[row])
@@ -260,7 +260,7 @@ class MeshInversionMethod(Method):
             image=(result.image[row].detach().cpu() / 2 + 0.5),
             mask=mask,
             latent=result.latent[row].detach().cpu(),
-            timings={stage: per_instance[stage] for stage in ("total", "init", "optimize")},
+            timings={stage: instance_seconds[stage] for stage in ("total", "init", "optimize")},
             losses=result.losses[row],
             info={
                 "iou_init": float(result.iou_init[row]),
