@@ -13,7 +13,7 @@ import logging
 import math
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from bench.errors import UserError
+from bench.errors import InstanceError, UserError
 
 log = logging.getLogger("bench.failures")
 
@@ -36,7 +36,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """One line: ``"out of memory: …"`` or ``"<ExceptionType>: <message>"``."""
+    """One line: ``"out of memory: …"``, ``"<ExceptionType>: <message>"``, or for the project's own
+    :class:`bench.errors.InstanceError` its message as written."""
+    if isinstance(exc, InstanceError):
+        return str(exc)
     kind = "out of memory" if is_out_of_memory(exc) else type(exc).__name__
     return f"{kind}: {exc}"
 
@@ -75,6 +78,36 @@ def isolate_failures(run_batch: Callable[[Sequence[T]], list[R]], items: Sequenc
             log.debug("instance failed", exc_info=True)
             return [on_failure(items[0], describe_exception(exc))]
         return [result for item in items for result in isolate_failures(run_batch, [item], on_failure)]
+
+
+def reconstruct_in_groups(samples: Sequence[T], prepare: Callable[[T], tuple[Any, Any]],
+                          run_batch: Callable[[list], list[R]], on_failure: Callable[[T, str], R]) -> list[R]:
+    """A method's ``reconstruct``: prepare each sample, run the items of one group together (failures
+    isolated by :func:`isolate_failures`), return one result per sample in order.
+
+    Args:
+        prepare: ``sample -> (group key, item)``, e.g. keyed by image size; raising fails that sample
+            alone (raise :class:`bench.errors.InstanceError` with a message for the user).
+        run_batch: items of one group -> one result each, same order.
+        on_failure: ``(sample, message) -> failed result``.
+    """
+    results: list = [None] * len(samples)
+    groups: dict[Any, list[tuple[int, T, Any]]] = {}
+    for index, sample in enumerate(samples):
+        try:
+            key, item = prepare(sample)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad sample fails alone
+            results[index] = on_failure(sample, describe_exception(exc))
+            continue
+        groups.setdefault(key, []).append((index, sample, item))
+    for members in groups.values():
+        outs = isolate_failures(lambda batch: run_batch([item for _, _, item in batch]), members,
+                                lambda member, message: on_failure(member[1], message))
+        for (index, _, _), out in zip(members, outs):
+            results[index] = out
+    return results
 
 
 def find_non_finite(values: Mapping[str, Any]) -> str | None:

@@ -196,8 +196,12 @@ class Worker:
     def write_result(self, method: str, sample, recon) -> bool:
         """Store one reconstruction (or its failure); returns whether it succeeded."""
         if recon.status == "ok":
+            mesh = recon.mesh
             bad = find_non_finite({"loss": recon.losses, "camera": recon.camera, "image": recon.image,
-                                   "mask": recon.mask, "latent": recon.latent})
+                                   "mask": recon.mask, "latent": recon.latent,
+                                   "mesh vertices": None if mesh is None else mesh.vertices,
+                                   "mesh texture": None if mesh is None else mesh.texture,
+                                   "mesh textures": None if mesh is None else mesh.face_textures})
             if bad:
                 recon.status, recon.error = "failed", f"non-finite values (NaN/inf) in the reconstruction's {bad}"
         if recon.status != "ok":

@@ -33,7 +33,8 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from bench.config import option, require
-from bench.failures import find_non_finite, isolate_failures
+from bench.errors import InstanceError
+from bench.failures import find_non_finite, reconstruct_in_groups
 from bench.methods.base import Method, Reconstruction, TexturedMesh
 from bench.methods.cmr.checkpoint import load_checkpoint
 from bench.methods.cmr.nets import IMG_SIZE, CMRMeshNet, build_seeded, sample_texture
@@ -198,20 +199,15 @@ class MeshNetMethod(Method):
     def reconstruct(self, samples: list) -> list[Reconstruction]:
         if self.net is None:
             raise RuntimeError(f"{self.name}: call setup(device) before reconstruct()")
-        results: dict[int, Reconstruction] = {}
-        by_size: dict[tuple, list[int]] = {}
-        for i, s in enumerate(samples):
-            problem = self._check_sample(s)
-            if problem:
-                results[i] = Reconstruction.failed(getattr(s, "id", str(i)), problem)
-            else:
-                by_size.setdefault(tuple(s.image.shape[-2:]), []).append(i)
-        for indices in by_size.values():
-            batch = [samples[i] for i in indices]
-            recs = isolate_failures(self._reconstruct_batch, batch,
-                                    lambda sample, message: Reconstruction.failed(sample.id, message))
-            results.update(zip(indices, recs))
-        return [results[i] for i in range(len(samples))]
+        return reconstruct_in_groups(samples, self._group, self._reconstruct_batch,
+                                     lambda s, message: Reconstruction.failed(getattr(s, "id", "unknown"), message))
+
+    def _group(self, sample):
+        """(image size, sample) of a usable sample; `InstanceError` naming the problem otherwise."""
+        problem = self._check_sample(sample)
+        if problem:
+            raise InstanceError(problem)
+        return tuple(sample.image.shape[-2:]), sample
 
     def uses_sample_camera(self) -> bool:
         """Whether the sample's own camera is read (TTO with ``camera_init='sample'``)."""
@@ -280,13 +276,13 @@ class MeshNetMethod(Method):
 
     def _record(self, sample, b: int, out: RenderedBatch, enc: dict, extra: dict,
                 batch_timings: dict[str, float], batch_size: int) -> Reconstruction:
-        """Instance ``b`` of the batch as a `Reconstruction` (failed if anything is non-finite)."""
+        """Instance ``b`` of the batch as a `Reconstruction` (the runner checks it for non-finite values)."""
         info = {"labels": list(self._labels), "model": self.model_name, "batch_size": batch_size,
                 "batch_timings": dict(batch_timings),
                 "camera_model_frame": [float(x) for x in out.camera_model[b].cpu()],
                 "frame_quaternion": [float(x) for x in self.frame_quaternion()]}
         info.update(self._extra_info(enc, extra, b))
-        rec = Reconstruction(
+        return Reconstruction(
             sample_id=sample.id,
             mesh=TexturedMesh(vertices=out.vertices[b].float().cpu(), faces=out.faces.cpu(),
                               face_textures=(out.face_textures[b] * 2 - 1).float().cpu()),
@@ -298,9 +294,6 @@ class MeshNetMethod(Method):
             losses=[float(x) for x in extra["losses"][:, b].cpu()] if "losses" in extra else [],
             info=info,
         )
-        bad = find_non_finite({"camera": rec.camera, "image": rec.image, "mask": rec.mask, "latent": rec.latent,
-                               "mesh vertices": rec.mesh.vertices, "mesh textures": rec.mesh.face_textures})
-        return Reconstruction.failed(sample.id, f"non-finite values in the reconstruction's {bad}") if bad else rec
 
     def _extra_info(self, enc, extra, b) -> dict:
         out = {}

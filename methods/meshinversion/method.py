@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from bench.failures import describe_exception, isolate_failures
+from bench.failures import reconstruct_in_groups
 from bench.manifest import sha256_file
 from bench.methods.base import Method, Reconstruction, TexturedMesh
 from bench.metrics.iou import mask_iou
@@ -62,7 +62,6 @@ def random_vgg19_relu3_1(seed: int = RANDOM_VGG_SEED):
 class _Prepared(NamedTuple):
     """One sample ready for the fit."""
 
-    index: int  # position in the reconstruct() batch
     sample: Any
     image: torch.Tensor  # (3,S,S) in [0,1] at the fit resolution S
     mask: torch.Tensor  # (S,S) {0,1}
@@ -210,27 +209,18 @@ class MeshInversionMethod(Method):
     def reconstruct(self, samples: list) -> list[Reconstruction]:
         """Invert a batch of samples (optimised together); one Reconstruction per sample, same order.
 
-        A malformed sample fails alone; a batch that raises is retried instance by instance
-        (:func:`bench.failures.isolate_failures`).
+        Samples are inverted together per output size (the fit itself is always at ``render_size``);
+        a malformed sample fails alone, and a batch that raises is retried instance by instance
+        (:func:`bench.failures.reconstruct_in_groups`).
         """
         if self.inverter is None:
             raise RuntimeError("call setup(device) before reconstruct()")
-        results: list[Reconstruction | None] = [None] * len(samples)
-        # one inversion batch per output size (the fit itself is always at render_size)
-        groups: dict[tuple, list[_Prepared]] = {}
-        for index, sample in enumerate(samples):
-            try:
-                image, mask, output_hw = self._prepare(sample)
-            except Exception as exc:  # noqa: BLE001 - a bad sample fails alone
-                results[index] = Reconstruction.failed(sample.id, describe_exception(exc))
-                continue
-            groups.setdefault(output_hw, []).append(_Prepared(index, sample, image, mask, output_hw))
-        for items in groups.values():
-            recs = isolate_failures(self._invert_batch, items,
-                                    lambda item, message: Reconstruction.failed(item.sample.id, message))
-            for item, rec in zip(items, recs):
-                results[item.index] = rec
-        return results  # type: ignore[return-value]
+        return reconstruct_in_groups(samples, self._group, self._invert_batch,
+                                     lambda sample, message: Reconstruction.failed(sample.id, message))
+
+    def _group(self, sample) -> tuple[tuple[int, int], _Prepared]:
+        image, mask, output_hw = self._prepare(sample)
+        return output_hw, _Prepared(sample, image, mask, output_hw)
 
     def _invert_batch(self, items: list[_Prepared]) -> list[Reconstruction]:
         """One :meth:`MeshInverter.invert` over prepared samples of one output size."""
