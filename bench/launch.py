@@ -92,7 +92,7 @@ def default_num_shards(device: str) -> int:
     return max(1, len(visible_gpus())) if device.startswith("cuda") else 1
 
 
-def run_local(opts: RunOptions, num_shards: int, progress: bool = True, dataset_size: int | None = None) -> int:
+def run_local(opts: RunOptions, num_shards: int, dataset_size: int, progress: bool = True) -> int:
     """Spawn ``num_shards`` worker processes and show one aggregated progress bar; returns the exit code."""
     gpus = visible_gpus() if opts.device.startswith("cuda") else []
     if gpus and num_shards > len(gpus):
@@ -130,12 +130,9 @@ def run_local(opts: RunOptions, num_shards: int, progress: bool = True, dataset_
     return 0
 
 
-def expected_records(opts: RunOptions, dataset_size: int | None = None) -> int:
-    """Records a complete run writes (``dataset_size``: the dataset's length, if already known)."""
-    from bench.runner import build_dataset
-
-    n = dataset_size if dataset_size is not None else len(build_dataset(opts))
-    return len(shard_indices(n, opts.limit, 0, 1)) * len(opts.methods)
+def expected_records(opts: RunOptions, dataset_size: int) -> int:
+    """Records a complete run writes, for a dataset of ``dataset_size`` instances."""
+    return len(shard_indices(dataset_size, opts.limit, 0, 1)) * len(opts.methods)
 
 
 def count_records(opts: RunOptions) -> int:

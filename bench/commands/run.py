@@ -133,7 +133,7 @@ def run(ctx, config, methods, dataset, data_root, split, limit, device, out, bat
             if n == 1:
                 launch.run_shard(opts, 0, 1, progress=not quiet, components=(ds, built))
             else:
-                launch.run_local(opts, n, progress=not quiet, dataset_size=len(ds))
+                launch.run_local(opts, n, len(ds), progress=not quiet)
         else:
             params = dict(kv.split("=", 1) for kv in slurm_opts)
             launch.run_submitit(opts, n, "slurm" if launcher == "slurm" else "local", params)
