@@ -172,8 +172,9 @@ def write_plots(inst, out_dir: Path) -> list[Path]:
         return paths
     keys = [(r, m) for (r, m), _ in ok.groupby(["run", "method"], sort=False)]
     label = (lambda r, m: m) if len({r for r, _ in keys}) == 1 else (lambda r, m: f"{r}/{m}")
-    for col, title, fname in (("metric.iou", "IoU per instance", "iou.png"),
-                              (f"time.{LATENCY_KEY}", "latency per instance [s]", "latency.png")):
+    for col, title, ylabel, fname in (("metric.iou", "IoU per instance", "IoU", "iou.png"),
+                                      (f"time.{LATENCY_KEY}", "latency per instance", "wall time [s]",
+                                       "latency.png")):
         if col not in ok:
             continue
         data = [ok[(ok.run == r) & (ok.method == m)][col].dropna().values for r, m in keys]
@@ -181,8 +182,11 @@ def write_plots(inst, out_dir: Path) -> list[Path]:
         ax.boxplot(data, showmeans=True)
         for k, d in enumerate(data, start=1):
             ax.scatter([k] * len(d), d, s=10, alpha=0.6)
-        ax.set_xticks(range(1, len(keys) + 1), [label(r, m) for r, m in keys], rotation=15)
+        ax.set_xticks(range(1, len(keys) + 1), [f"{label(r, m)}\n(n={len(d)})" for (r, m), d in zip(keys, data)],
+                      rotation=15)
         ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("method (box: quartiles, triangle: mean, dots: instances)", fontsize=8)
         fig.tight_layout()
         path = out_dir / fname
         fig.savefig(path, dpi=100)
