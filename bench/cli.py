@@ -1,7 +1,8 @@
 """The ``bench`` command line. Sub-commands load lazily, so ``bench --help`` imports no torch.
 
 Every sub-command lives in its own module under :mod:`bench.commands`; user errors
-(:class:`bench.errors.UserError`) become one line on stderr and exit status 2.
+(:class:`bench.errors.UserError`) and operating-system errors (disk full, read-only, a file in the way)
+become one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import click
 
-from bench.errors import UserError
+from bench.errors import UserError, os_error_message
 
 COMMANDS = {
     "run": ("bench.commands.run:run", "Run methods on a dataset into a run directory (resumable, sharded)."),
@@ -20,6 +21,7 @@ COMMANDS = {
     "sample": ("bench.commands.sample:sample", "Sample meshes from the generator (.obj + texture + views)."),
     "data": ("bench.commands.data:data", "Dataset utilities (bench data check)."),
     "profile": ("bench.commands.profile:profile", "Per-stage timing of one method iteration."),
+    "repair": ("bench.commands.repair:repair", "Move damaged records/metric files aside, restore the manifest."),
     "config": ("bench.commands.config:config", "Every config field of a method or dataset (default, profile, help)."),
 }
 
@@ -40,11 +42,29 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        import logging
+
+        logging.raiseExceptions = False  # a log write on a full disk must not print a traceback
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:  # a bad option value: one line too, with where to look
+            where = f"bench {err.ctx.info_name} --help" if err.ctx is not None and err.ctx.info_name else "--help"
+            click.echo(f"error: {err.format_message()} (see `{where}`)", err=True)
+            sys.exit(UserError.exit_code)
         except UserError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except BrokenPipeError:  # `bench ... | head`: the reader has what it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except OSError as err:
+            try:
+                click.echo(f"error: {os_error_message(err)}", err=True)
+            except OSError:  # pragma: no cover - stderr itself is gone
+                pass
+            sys.exit(UserError.exit_code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

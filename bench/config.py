@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import types
 import typing
 from typing import Any
@@ -24,16 +26,196 @@ class ConfigError(UserError):
     the owner (``ours.select_num must be >= 1, got 0``)."""
 
 
-def option(default=dataclasses.MISSING, help: str = "", **kwargs):  # noqa: A002 - mirrors click
+def option(default=dataclasses.MISSING, help: str = "", *, ge=None, gt=None, le=None, lt=None,  # noqa: A002
+           multiple_of: int | None = None, length: int | None = None, min_length: int | None = None,
+           finite: bool = True, **kwargs):
     """A config field with its one-line help (read by ``bench config``, the docs and ``--help``).
 
+    A numeric field (``int``, ``float``, optional, or a list/tuple of them) may state its range:
+    ``ge``/``gt``/``le``/``lt`` bounds and ``multiple_of`` (for a list: of each item), ``length`` /
+    ``min_length`` (list fields). :func:`check_fields` enforces it, together with the type: an ``int``
+    field takes integers (an integral float such as ``3.0`` becomes ``3``; ``2.7``, NaN and infinities
+    are refused) and a ``float`` field finite numbers (NaN / +-inf only with ``finite=False``).
     Mutable defaults (lists, dicts) become a ``default_factory`` copying them.
     """
     metadata = {**kwargs.pop("metadata", {}), "help": help}
+    bounds = Range(ge=ge, gt=gt, le=le, lt=lt, multiple_of=multiple_of, length=length, min_length=min_length,
+                   finite=finite)
+    if bounds != Range():
+        metadata["range"] = bounds
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _num(x) -> str:
+    """A bound for people: ``1``, ``0.5``, ``1e-08``, ``2^63``."""
+    if isinstance(x, int) and x >= 2 ** 20 and x & (x - 1) == 0:
+        return f"2^{x.bit_length() - 1}"
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric config field (of each item, for a list field); see :func:`option`."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    multiple_of: int | None = None
+    length: int | None = None       # list fields: exactly this many items
+    min_length: int | None = None   # list fields: at least this many items
+    finite: bool = True             # float fields: refuse NaN and +-inf
+
+    def contains(self, x) -> bool:
+        """Whether number ``x`` lies within the bounds (NaN never does)."""
+        return ((self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)
+                and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt)
+                and (not self.multiple_of or x % self.multiple_of == 0))
+
+    def bounds(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1)``, ``>= 16 and a multiple of 4`` or ``''``."""
+        lo = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+        hi = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+        if lo and hi:
+            text = f"in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
+        elif lo:
+            text = f"{'>=' if lo[0] == '[' else '>'} {_num(lo[1])}"
+        elif hi:
+            text = f"{'<=' if hi[0] == ']' else '<'} {_num(hi[1])}"
+        else:
+            text = ""
+        if self.multiple_of:
+            text = (text + " and " if text else "") + f"a multiple of {self.multiple_of}"
+        return text
+
+    def length_ok(self, n: int) -> bool:
+        return (self.length is None or n == self.length) and (self.min_length is None or n >= self.min_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class NumberSpec:
+    """What a numeric field accepts: its kind (int or float), container, optionality and :class:`Range`."""
+
+    name: str
+    kind: type                       # int or float
+    container: type | None = None    # list, tuple or None (a scalar)
+    optional: bool = False
+    range: Range = Range()
+
+    def expectation(self) -> str:
+        """The full expected value for people: ``an integer >= 1``, ``2 finite numbers in [0, 1)`` ..."""
+        r = self.range
+        finite = "finite " if self.kind is float and r.finite else ""
+        bounds = (" " + r.bounds()) if r.bounds() else ""
+        if self.container is None:
+            text = ("an integer" if self.kind is int else f"a {finite}number") + bounds
+        else:
+            plural = "integers" if self.kind is int else f"{finite}numbers"
+            if r.length is not None:
+                count = f"{r.length} {plural}"
+            elif r.min_length:
+                count = f"a non-empty list of {plural}" if r.min_length == 1 else \
+                    f"a list of at least {r.min_length} {plural}"
+            else:
+                count = f"a list of {plural}"
+            text = count + bounds
+        return text + (" (or none)" if self.optional else "")
+
+    def summary(self) -> str:
+        """The range column of ``bench config``: ``>= 1``, ``4 values, each > 0``, ``finite`` or ``''``."""
+        r = self.range
+        bounds = r.bounds() or ("finite" if self.kind is float and r.finite else "")
+        if self.container is None:
+            return bounds
+        parts = [f"{r.length} values" if r.length is not None else
+                 "non-empty" if r.min_length == 1 else f">= {r.min_length} values" if r.min_length else ""]
+        parts.append(f"each {bounds}" if bounds else "")
+        return ", ".join(p for p in parts if p)
+
+    def _fail(self, value, what: str | None = None):
+        raise ConfigError(f"{self.name} must be {what or self.expectation()}, got {value!r}")
+
+    def _number(self, value, whole):
+        """One number of the field's kind, or a `ConfigError` naming the whole value ``whole``."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            self._fail(whole)
+        if self.kind is int:
+            if isinstance(value, numbers.Integral):
+                return int(value)
+            if not math.isfinite(value) or value != int(value):
+                self._fail(whole)
+            return int(value)
+        value = float(value)
+        if self.range.finite and not math.isfinite(value):
+            self._fail(whole)
+        return value
+
+    def check(self, value):
+        """``value`` checked and normalised (integral floats to int, ints to float, list/tuple as annotated)."""
+        if value is None:
+            if not self.optional:
+                self._fail(value)
+            return None
+        if self.container is None:
+            number = self._number(value, value)
+            if not self.range.contains(number):
+                self._fail(value, self.range.bounds() + (" (or none)" if self.optional else ""))
+            return number
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            self._fail(value)
+        items = [self._number(v, value) for v in value]
+        if not self.range.length_ok(len(items)) or not all(self.range.contains(v) for v in items):
+            self._fail(value)
+        return self.container(items)
+
+
+def number_spec(cls, f: dataclasses.Field, hints: dict | None = None) -> NumberSpec | None:
+    """The :class:`NumberSpec` of field ``f`` of config ``cls``, or None for a non-numeric field.
+
+    Its range is the field's ``option(ge=..., ...)``.
+    """
+    hint = (hints if hints is not None else _hints(cls)).get(f.name, f.type)
+    optional = False
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if len(args) != 1:
+            return None
+        hint, optional = args[0], True
+    container, fixed = None, None
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        inner = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if not inner or any(a is not inner[0] for a in inner):
+            return None
+        if origin is tuple and Ellipsis not in typing.get_args(hint):
+            fixed = len(inner)
+        container, hint = origin, inner[0]
+    if hint not in (int, float):
+        return None
+    rng = f.metadata.get("range", Range())
+    if fixed is not None and rng.length is None:
+        rng = dataclasses.replace(rng, length=fixed)
+    return NumberSpec(f.name, hint, container, optional, rng)
+
+
+def check_fields(config) -> None:
+    """Check every numeric field of dataclass instance ``config`` against its type and range.
+
+    Called first by each built-in config's ``__post_init__`` (cross-field checks follow there) and by
+    :func:`build_config` for any config; normalises in place (``3.0`` -> ``3`` for an int field, a list
+    to a tuple for a tuple field ...). Raises `ConfigError` (``select_num must be >= 1, got 0``).
+    """
+    cls = type(config)
+    if not dataclasses.is_dataclass(cls):
+        return
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        spec = number_spec(cls, f, hints)
+        if spec is not None:
+            object.__setattr__(config, f.name, spec.check(getattr(config, f.name)))
 
 
 def require(ok: bool, field_name: str, expectation: str, value) -> None:
@@ -45,8 +227,13 @@ def require(ok: bool, field_name: str, expectation: str, value) -> None:
         raise ConfigError(f"{field_name} {expectation}, got {value!r}")
 
 
-def _coerce(value: str, annotation, field_name: str):
-    """Parse a CLI string into the type of a dataclass field (bool, int, float, str, list, tuple)."""
+def _coerce(value: str, annotation, field_name: str, spec: NumberSpec | None = None):
+    """Parse a CLI string into the type of a dataclass field (bool, int, float, str, list, tuple).
+
+    Numbers are parsed strictly: an int field takes ``3`` or ``3.0`` but refuses ``2.7``, ``1e400``,
+    ``Infinity`` and ``nan``; a float field refuses NaN and infinities (unless ``spec`` allows them).
+    ``spec`` (the field's :class:`NumberSpec`) words the error; ranges are checked by `check_fields`.
+    """
     hint = annotation if not isinstance(annotation, str) else None
     text = value.strip()
     try:
@@ -58,9 +245,9 @@ def _coerce(value: str, annotation, field_name: str):
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        if parsed is None or text.lower() == "none":
+        if parsed is None or text.lower() == "none" or (not text and args[0] in (int, float)):
             return None
-        return _coerce(value, args[0], field_name)
+        return _coerce(value, args[0], field_name, spec)
     if hint is bool:
         if isinstance(parsed, bool):
             return parsed
@@ -70,14 +257,29 @@ def _coerce(value: str, annotation, field_name: str):
             return False
         raise UserError(f"{field_name} expects true/false, got {value!r}")
     if hint in (int, float):
-        try:
-            return hint(parsed) if not isinstance(parsed, bool) else hint(int(parsed))
-        except (TypeError, ValueError):
-            raise UserError(f"{field_name} expects a {hint.__name__}, got {value!r}") from None
+        number = parsed
+        if isinstance(parsed, str):
+            try:
+                number = float(parsed) if hint is float else int(parsed)
+            except ValueError:
+                number = None
+        finite = spec.range.finite if spec is not None and hint is float else True
+        ok = isinstance(number, (int, float)) and not isinstance(number, bool) and (
+            not finite or math.isfinite(number)) and (hint is float or number == int(number))
+        if not ok:
+            expected = spec.expectation() if spec is not None else ("an integer" if hint is int else "a finite number")
+            raise UserError(f"{field_name} expects {expected}, got {value!r}")
+        return hint(number)
     if origin in (list, tuple):
         items = parsed if isinstance(parsed, list) else [p for p in text.strip("[]()").split(",") if p.strip()]
         inner = (typing.get_args(hint) or (str,))[0]
-        out = [_coerce(str(i), inner, field_name) for i in items]
+        try:
+            out = [_coerce(str(i) if not isinstance(i, float) else json.dumps(i), inner, field_name, spec)
+                   for i in items]
+        except UserError:
+            if spec is None:
+                raise
+            raise UserError(f"{field_name} expects {spec.expectation()}, got {value!r}") from None
         return tuple(out) if origin is tuple else out
     if hint is str:
         return text
@@ -97,7 +299,8 @@ def build_config(cls, profile: str | None = None, profiles: dict | None = None,
 
     Overrides are CLI strings (parsed into the field's type) or already-typed values (from a
     ``--config`` file). The config's own ``__post_init__`` validation runs here, so every bad value
-    is reported (as one line naming ``owner.field``) before a run writes anything.
+    is reported (as one line naming ``owner.field``) before a run writes anything. Numeric fields are
+    checked by type and range (:func:`check_fields`) whether the value came as a string or typed.
     """
     values: dict[str, Any] = {}
     if profile:
@@ -106,14 +309,17 @@ def build_config(cls, profile: str | None = None, profiles: dict | None = None,
             raise UserError(f"unknown profile {profile!r} for {owner or cls.__name__}{did_you_mean(profile, table)}")
         values.update(table.get(profile, {}))
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, raw in (overrides or {}).items():
-        if key not in names:
-            raise UserError(f"unknown option {owner + '.' if owner else ''}{key}{did_you_mean(key, names)}")
+        if key not in fields:
+            raise UserError(f"unknown option {owner + '.' if owner else ''}{key}{did_you_mean(key, fields)}")
         label = f"{owner}.{key}" if owner else key
-        values[key] = _coerce(raw if isinstance(raw, str) else json.dumps(raw), hints.get(key), label)
+        values[key] = _coerce(raw if isinstance(raw, str) else json.dumps(raw), hints.get(key), label,
+                              number_spec(cls, fields[key], hints))
     try:
-        return cls(**values)
+        config = cls(**values)
+        check_fields(config)  # built-in configs did in __post_init__; a third party's may not
+        return config
     except ConfigError as err:
         raise UserError(f"{owner + '.' if owner else ''}{err}") from None
     except (TypeError, ValueError) as err:
@@ -131,7 +337,7 @@ def type_name(hint) -> str:
 
 
 def field_table(cls, profiles: dict | None = None, profile: str | None = None) -> list[dict[str, Any]]:
-    """One row per config field: name, type, default, the profile's value, one-line help."""
+    """One row per config field: name, type, range (numeric fields), default, the profile's value, help."""
     hints = _hints(cls)
     chosen = (profiles or {}).get(profile or "", {})
     rows = []
@@ -142,8 +348,10 @@ def field_table(cls, profiles: dict | None = None, profile: str | None = None) -
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = None
+        spec = number_spec(cls, f, hints)
         rows.append({"name": f.name, "type": type_name(hints.get(f.name, f.type)),
-                     "default": default, "value": chosen.get(f.name, default), "help": f.metadata.get("help", "")})
+                     "range": spec.summary() if spec is not None else "", "default": default,
+                     "value": chosen.get(f.name, default), "help": f.metadata.get("help", "")})
     return rows
 
 

@@ -37,13 +37,40 @@ def options_from_json(text: str) -> RunOptions:
 
 
 def env_shard() -> tuple[int, int] | None:
-    """(rank, world size) from torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID/SLURM_NTASKS), if > 1."""
+    """(rank, world size) from torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID/SLURM_NTASKS), if > 1.
+
+    Raises:
+        UserError: a value is not an integer, or the rank is outside 0..world-1.
+    """
     for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
         if rank_key in os.environ and world_key in os.environ:
-            rank, world = int(os.environ[rank_key]), int(os.environ[world_key])
+            rank, world = _env_int(rank_key), _env_int(world_key)
+            if world < 1 or not 0 <= rank < world:
+                raise UserError(f"{rank_key}={rank} {world_key}={world} from the environment: the rank must be in "
+                                f"0..{world_key}-1; unset them or fix the launcher")
             if world > 1:
                 return rank, world
     return None
+
+
+def _env_int(key: str) -> int:
+    text = os.environ[key].strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{key}={os.environ[key]!r} in the environment is not an integer; unset it or fix "
+                        "the launcher") from None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the worker gets SIGKILL when the process that started it dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def local_device(opts: RunOptions) -> str:
@@ -105,11 +132,13 @@ def run_local(opts: RunOptions, num_shards: int, dataset_size: int, progress: bo
     for shard in range(num_shards):
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(threads))
+        env["BENCH_PARENT_PID"] = str(os.getpid())
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[shard]
         out = open(run.log_dir / f"worker-{shard:03d}.out", "ab")
         procs.append((subprocess.Popen([sys.executable, "-m", "bench.launch", payload, str(shard), str(num_shards)],
-                                       env=env, stdout=out, stderr=subprocess.STDOUT), out))
+                                       env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       preexec_fn=_die_with_parent if sys.platform == "linux" else None), out))
     total = expected_records(opts, dataset_size)
     from bench.progress import progress_bar
 
@@ -124,8 +153,10 @@ def run_local(opts: RunOptions, num_shards: int, dataset_size: int, progress: bo
         fh.close()
     bad = [i for i, c in enumerate(codes) if c != 0]
     if bad:
-        tail = (run.log_dir / f"worker-{bad[0]:03d}.out").read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise UserError(f"worker(s) {bad} failed (exit {codes[bad[0]]}): {tail[0]} — see {run.log_dir}; "
+        log = (run.log_dir / f"worker-{bad[0]:03d}.out").read_text(errors="replace").strip().splitlines()
+        tail = [line for line in log if line.startswith("error: ")][-1:] or log[-1:] or ["(no output)"]
+        reason = tail[0].removeprefix("error: ")
+        raise UserError(f"worker(s) {bad} failed (exit {codes[bad[0]]}): {reason} — see {run.log_dir}; "
                         "rerun the same command to resume")
     return 0
 
@@ -184,13 +215,21 @@ def run_submitit(opts: RunOptions, num_shards: int, cluster: str, slurm_params: 
 
 def main(argv: list[str] | None = None) -> int:
     """Worker entry point: ``python -m bench.launch OPTIONS_JSON SHARD NUM_SHARDS``."""
+    from bench.errors import os_error_message
+
     argv = sys.argv[1:] if argv is None else argv
+    parent = os.environ.get("BENCH_PARENT_PID")
+    if parent is not None and os.getppid() != int(parent):
+        return 1  # the parent died before this worker could arm PR_SET_PDEATHSIG
     opts = options_from_json(argv[0])
     try:
         summary = run_shard(opts, int(argv[1]), int(argv[2]), progress=False)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        return UserError.exit_code
     print(json.dumps(summary))
     return 0
 

@@ -36,6 +36,16 @@ def sha256_file(path) -> str:
     return _SHA_CACHE[key]
 
 
+def protocol_hash(dataset: dict, method: dict, seed: int, profile: str) -> str:
+    """16 hex digits identifying what one method's records mean: the dataset's and the method's
+    descriptions (config, weight hashes), the run seed and profile. Stored in every record."""
+    import json
+
+    text = json.dumps({"dataset": {k: v for k, v in dataset.items() if k != "instances"}, "method": method,
+                       "seed": seed, "profile": profile}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def package_versions() -> dict[str, str | None]:
     out = {}
     for name in PACKAGES:
@@ -94,27 +104,68 @@ def new_manifest(*, dataset: dict, methods: dict, metrics: dict, device: str, se
     }
 
 
-def merge_manifest(old: dict | None, new: dict, run_dir) -> dict:
+def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two (nested) dicts."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _differences(old: dict, new: dict, keys, prefix: str = "") -> str:
+    parts = []
+    for name in changed_fields({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}):
+        a, b = _lookup(old, name), _lookup(new, name)
+        parts.append(f"{prefix}{name} {a!r} → {b!r}")
+    return "; ".join(parts)
+
+
+def _lookup(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _limit(a, b):
+    return None if a is None or b is None else max(a, b)
+
+
+def merge_manifest(old: dict | None, new: dict, run_dir, has_records=lambda method: True) -> dict:
     """Combine a rerun's manifest with the existing one; refuse to mix protocols in one run directory.
 
-    Methods may be added to an existing run; a method already present must have the same config.
+    * dataset (all but its instance count), seed and profile must agree; the error names only the
+      differing fields;
+    * ``limit`` may change: a larger one (or none) extends the run, a smaller one runs less and keeps
+      every record already written (the manifest keeps the larger);
+    * methods may be added; a method already present must have the same config, unless it has no
+      records yet (``has_records(name)`` False: an earlier command was rejected before doing work).
     """
     if old is None:
         return new
-    for key in PROTOCOL_KEYS:
-        if old.get(key) != new.get(key):
-            raise UserError(f"{run_dir} was made with {key}={old.get(key)!r}, this run asks {key}={new.get(key)!r}; "
-                            "use another --out or the same settings to resume")
+    old_ds = {k: v for k, v in old.get("dataset", {}).items() if k != "instances"}
+    new_ds = {k: v for k, v in new.get("dataset", {}).items() if k != "instances"}
+    diff = _differences({**old, "dataset": old_ds}, {**new, "dataset": new_ds}, ("dataset", "seed", "profile"))
+    if diff:
+        raise UserError(f"{run_dir} was made under another protocol ({diff}); use another --out, or the same "
+                        "settings to resume")
     for name, desc in new["methods"].items():
-        prev = old["methods"].get(name)
-        if prev is not None and prev.get("config") != desc.get("config"):
-            changed = sorted(k for k in set(prev["config"]) | set(desc["config"])
-                             if prev["config"].get(k) != desc["config"].get(k))
-            raise UserError(f"{run_dir} holds method {name!r} with other settings ({', '.join(changed)}); "
-                            "use another --out, or name a variant (e.g. --methods ours@v2 --set ours@v2.KEY=VALUE)")
+        prev = old.get("methods", {}).get(name)
+        if prev is not None and prev.get("config") != desc.get("config") and has_records(name):
+            diff = _differences(prev.get("config") or {}, desc.get("config") or {},
+                                set(prev.get("config") or {}) | set(desc.get("config") or {}), f"{name}.")
+            raise UserError(f"{run_dir} holds records of {name!r} made with other settings ({diff}); use another "
+                            "--out, or name a variant (e.g. --methods ours@v2 --set ours@v2.KEY=VALUE)")
     merged = dict(old)
-    merged["methods"] = {**old["methods"], **new["methods"]}
+    merged["methods"] = {**old.get("methods", {}), **new["methods"]}
     merged["metrics"] = {**old.get("metrics", {}), **new.get("metrics", {})}
+    merged["limit"] = _limit(old.get("limit"), new.get("limit"))
+    counts = [d.get("instances") for d in (old.get("dataset", {}), new.get("dataset", {}))]
+    if all(isinstance(c, int) for c in counts):
+        merged["dataset"] = {**old["dataset"], "instances": max(counts)}
     merged.setdefault("resumed", []).append({"created": new["created"], "command": new["command"],
-                                              "environment": new["environment"]})
+                                              "limit": new.get("limit"), "environment": new["environment"]})
     return merged

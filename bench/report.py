@@ -202,9 +202,16 @@ def build_report(run_paths: list[Path], out_dir: Path | None = None) -> dict:
     runs = [RunDir(Path(p).resolve()) for p in run_paths]
     for r in runs:
         r.read_manifest()  # one-line error when a path is not a run directory
+    inst = instance_frame(runs)
+    if inst.empty:
+        from bench.errors import UserError
+
+        raise UserError(f"no records in {', '.join(str(r.root) for r in runs)}; run `bench run --out RUN ...` "
+                        "first (nothing to report)")
+    for r in runs:
+        r.read_metrics()  # one-line error naming a damaged metric file, before anything is written
     out_dir = Path(out_dir) if out_dir else runs[0].report_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    inst = instance_frame(runs)
     table = summary_frame(runs)
     if len(runs) == 1 and not table.empty:
         table = table.drop(columns=["run"])

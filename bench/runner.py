@@ -18,6 +18,7 @@ from bench import registry
 from bench.config import build_config
 from bench.errors import UserError
 from bench.failures import find_non_finite, isolate_failures
+from bench.manifest import protocol_hash
 from bench.methods_spec import base_name
 from bench.store import RunDir
 
@@ -111,6 +112,7 @@ class Worker:
             dataset, methods = build_components(opts)
         self.dataset, self.methods = dataset, methods
         self.metrics = [entry.load()() for entry in registry.metrics("instance")]
+        self.protocols: dict[str, str] = {}
 
     def shard_ids(self) -> set[str]:
         return {self.dataset.instance_id(i) for i in self.indices()}
@@ -120,12 +122,11 @@ class Worker:
 
     def todo(self, method: str, retry: bool = False) -> list[int]:
         """Indices of this shard still to do: without a record, or (``retry``) with a failed record."""
-        out = []
-        for i in self.indices():
-            status = self.run.record_status(method, self.dataset.instance_id(i))
-            if (status is None and not retry) or (retry and status not in (None, "ok")):
-                out.append(i)
-        return out
+        return [i for i in self.indices() if self.is_todo(method, self.dataset.instance_id(i), retry)]
+
+    def is_todo(self, method: str, instance: str, retry: bool) -> bool:
+        status = self.run.record_status(method, instance)
+        return status is None if not retry else status == "failed"
 
     def run_all(self) -> dict[str, dict[str, int]]:
         """Run every method over the shard; returns ``{method: {"ok": n, "failed": m}}`` for this pass."""
@@ -134,7 +135,9 @@ class Worker:
         summary = {}
         for spec in self.opts.methods:
             method = self.methods[spec]
-            summary[spec] = {"ok": 0, "failed": 0}
+            self.protocols[spec] = protocol_hash(self.dataset.describe(), method.describe(), self.opts.seed,
+                                                 self.opts.profile)
+            summary[spec] = {"ok": 0, "failed": 0, "skipped": 0}
             ready = False
             self.run.clean_stale_temp_files(spec, self.shard_ids())
             for attempt in range(1 + self.opts.retries):  # pass 0: new instances; then retries of failures
@@ -144,7 +147,7 @@ class Worker:
                 if not ready:
                     method.setup(self.opts.device)
                     ready = True
-                counts = self.run_method(method, todo)
+                counts = self.run_method(method, todo, retry=attempt > 0)
                 for k in counts:
                     summary[spec][k] += counts[k]
             self.methods[spec] = None  # free its weights before the next method is set up
@@ -163,35 +166,57 @@ class Worker:
                                            batch_size=self.opts.batch_size, shuffle=False, num_workers=workers,
                                            collate_fn=collate_samples)
 
-    def run_method(self, method, indices) -> dict[str, int]:
+    def run_method(self, method, indices, retry: bool = False) -> dict[str, int]:
+        """Reconstruct ``indices`` with ``method``. Each instance is claimed first (`bench.locks.Claims`):
+        one that another live process holds, or that got its record meanwhile, is skipped."""
         from bench.datasets.base import FailedSample
+        from bench.locks import Claims
         from bench.methods.base import Reconstruction
         from bench.progress import progress_bar
 
-        counts = {"ok": 0, "failed": 0}
-        with progress_bar(enabled=self.progress) as bar:
-            task = bar.add_task(f"{method.name} on {self.dataset.name}", total=len(indices))
-            for batch in self.loader(indices):
-                samples = [s for s in batch if not isinstance(s, FailedSample)]
-                for s in batch:
-                    if isinstance(s, FailedSample):
-                        self.write_failure(method.name, s.id, s.index, f"loading failed: {s.error}")
-                        counts["failed"] += 1
-                results = isolate_failures(method.reconstruct, samples,
-                                           lambda s, msg: Reconstruction.failed(s.id, msg)) if samples else []
-                for sample, recon in zip(samples, results):
-                    ok = self.write_result(method.name, sample, recon)
-                    counts["ok" if ok else "failed"] += 1
-                bar.advance(task, len(batch))
+        counts = {"ok": 0, "failed": 0, "skipped": 0}
+        claims = Claims(self.run.root, method.name)
+
+        def mine(sample) -> bool:
+            if not claims.claim(sample.id):
+                return False
+            if self.is_todo(method.name, sample.id, retry):
+                return True
+            claims.release(sample.id)
+            return False
+
+        try:
+            with progress_bar(enabled=self.progress) as bar:
+                task = bar.add_task(f"{method.name} on {self.dataset.name}", total=len(indices))
+                for batch in self.loader(indices):
+                    claimed = [s for s in batch if mine(s)]
+                    counts["skipped"] += len(batch) - len(claimed)
+                    samples = [s for s in claimed if not isinstance(s, FailedSample)]
+                    for s in claimed:
+                        if isinstance(s, FailedSample):
+                            self.write_failure(method.name, s.id, s.index, f"loading failed: {s.error}")
+                            claims.release(s.id)
+                            counts["failed"] += 1
+                    results = isolate_failures(method.reconstruct, samples,
+                                               lambda s, msg: Reconstruction.failed(s.id, msg)) if samples else []
+                    for sample, recon in zip(samples, results):
+                        ok = self.write_result(method.name, sample, recon)
+                        claims.release(sample.id)
+                        counts["ok" if ok else "failed"] += 1
+                    bar.advance(task, len(batch))
+        finally:
+            claims.release_all()
         return counts
 
-    def runtime(self) -> dict:
+    def runtime(self, method: str) -> dict:
+        """How a record was made: shard, host, process, device, and the protocol hash of its method
+        (`bench.manifest.protocol_hash`: a run directory that lost its manifest can still be checked)."""
         return {"shard": self.shard, "num_shards": self.num_shards, "host": socket.gethostname(), "pid": os.getpid(),
-                "finished": time.time(), "device": self.opts.device}
+                "finished": time.time(), "device": self.opts.device, "protocol": self.protocols.get(method)}
 
     def write_failure(self, method: str, instance: str, index: int, error: str) -> None:
         log.warning("%s %s failed: %s", method, instance, error)
-        self.run.write_failure(method, instance, index, error, self.runtime())
+        self.run.write_failure(method, instance, index, error, self.runtime(method))
 
     def write_result(self, method: str, sample, recon) -> bool:
         """Store one reconstruction (or its failure); returns whether it succeeded."""
@@ -210,6 +235,7 @@ class Worker:
         metrics = {}
         for metric in self.metrics:
             metrics.update(metric.instance(sample, recon))
-        self.run.write_result(method, sample, recon, metrics, self.runtime(), default_batch_size=self.opts.batch_size)
+        self.run.write_result(method, sample, recon, metrics, self.runtime(method),
+                              default_batch_size=self.opts.batch_size)
         log.info("%s %s ok %s", method, sample.id, {k: round(v, 4) for k, v in metrics.items()})
         return True

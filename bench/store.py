@@ -8,22 +8,48 @@ Layout (``RUN`` = e.g. ``results/<run>``)::
     RUN/renders/<method>/<instance>.png    input view: input | render | overlay, for people
     RUN/metrics/<name>.json                corpus-level metrics written by ``bench eval``
     RUN/fid/<method>/<kind>/...            renders for FID (written once, reused)
-    RUN/logs/                              per-worker logs
+    RUN/logs/                              per-worker logs; logs/manifest.json: a copy of the manifest
     RUN/report/                            tables and plots written by ``bench report``
+    RUN/.lock, RUN/claims/                 who is writing (see bench.locks)
 
 Every file is written atomically (temp file in the same folder + ``os.replace``), so a killed
 worker leaves either the old state or the new file, never a partial one. The artifact is written
-before the record, so a record always points at a complete artifact.
+before the record, so a record always points at a complete artifact. Files follow the umask.
+
+Every read is validated: a damaged record (truncated, empty, not a record) is moved aside to
+``records/<method>/.damaged/`` with a warning and counts as not done, so the rerun redoes it; a
+damaged manifest or metric file is a one-line `UserError` pointing at ``bench repair``; a missing or
+damaged artifact is an `ArtifactError` (one instance's problem).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from bench.errors import InstanceError, UserError
 
 RECORD_VERSION = 1
+RECORD_STATUSES = ("ok", "failed")
+#: What every reader of a manifest needs (bench.manifest.new_manifest writes much more).
+MANIFEST_KEYS = {"dataset": dict}
+#: What every reader of an artifact needs (see :func:`artifact_payload` for what is written).
+ARTIFACT_KEYS = ("mesh",)
+
+
+class ArtifactError(InstanceError):
+    """An instance's artifact is missing or damaged: that instance's metrics fail, the others go on."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -31,6 +57,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the run directory is shared by a group
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -42,8 +69,64 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n"
+    """Strict JSON (NaN and infinities become null), atomically."""
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=sort_keys, default=_json_default,
+                      allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode())
+
+
+def strict_json(obj):
+    """``obj`` with every non-finite float replaced by None (strict JSON parsers reject NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def read_json(path: Path):
+    """Parsed JSON of ``path``; ValueError (with the reason) when it is empty, truncated or not UTF-8."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError("empty file")
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"not valid JSON ({err})") from None
+
+
+def record_problem(rec, method: str | None = None, instance: str | None = None) -> str | None:
+    """Why ``rec`` is not a usable record (None when it is)."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not a record"
+    for key, kind in (("method", str), ("instance", str), ("index", int), ("status", str)):
+        if not isinstance(rec.get(key), kind) or isinstance(rec.get(key), bool):
+            return f"no valid {key!r}"
+    if rec["status"] not in RECORD_STATUSES:
+        return f"unknown status {rec['status']!r}"
+    if rec["status"] == "ok" and not isinstance(rec.get("metrics"), dict):
+        return "no 'metrics'"
+    if (method is not None and rec["method"] != method) or (instance is not None and rec["instance"] != instance):
+        return f"it belongs to {rec['method']}/{rec['instance']}"
+    return None
+
+
+def manifest_problem(manifest) -> str | None:
+    """Why ``manifest`` is not a usable manifest (None when it is)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not a manifest"
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            return f"no valid {key!r}"
+    if not isinstance(manifest.get("methods", {}), dict):
+        return "no valid 'methods'"
+    return None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _json_default(obj):
@@ -64,8 +147,9 @@ def _json_default(obj):
 class RunDir:
     """Access to one run directory (paths, atomic writes, record iteration)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, warn: Callable[[str], None] = _warn):
         self.root = Path(root)
+        self.warn = warn
 
     # paths -------------------------------------------------------------------------------------
     @property
@@ -100,6 +184,14 @@ class RunDir:
         return self.fid_dir(method, kind) / f"features-{fingerprint}.pt"
 
     @property
+    def manifest_backup_path(self) -> Path:
+        """A second copy of the manifest (``bench repair`` restores it)."""
+        return self.log_dir / "manifest.json"
+
+    def damaged_dir(self, method: str) -> Path:
+        return self.root / "records" / method / ".damaged"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "logs"
 
@@ -112,22 +204,67 @@ class RunDir:
 
     # manifest ----------------------------------------------------------------------------------
     def read_manifest(self) -> dict:
-        from bench.errors import UserError
-
+        """The manifest; a missing or damaged one is a one-line `UserError` saying how to repair it."""
         if not self.manifest_path.is_file():
+            if self.manifest_path.exists() or (self.root / "records").is_dir():
+                raise UserError(f"{self.manifest_path} is missing or not a file; `bench repair {self.root}` "
+                                "restores it from its copy in logs/")
             raise UserError(f"{self.root} is not a run directory (no manifest.json); "
                             "pass a folder written by `bench run`")
-        return json.loads(self.manifest_path.read_text())
+        manifest, problem = self.load_manifest_file(self.manifest_path)
+        if problem:
+            raise UserError(f"{self.manifest_path} is damaged ({problem}); `bench repair {self.root}` restores it "
+                            "from its copy in logs/")
+        return manifest
+
+    @staticmethod
+    def load_manifest_file(path: Path) -> tuple[dict | None, str | None]:
+        """``(manifest, None)``, or ``(None or the parsed JSON, why it is unusable)``."""
+        try:
+            manifest = read_json(path)
+        except (OSError, ValueError) as err:
+            return None, str(err)
+        return manifest, manifest_problem(manifest)
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.manifest_path, manifest, sort_keys=False)  # keeps the --methods order
+        """The manifest and its copy in logs/ (keeps the --methods order)."""
+        atomic_write_json(self.manifest_path, manifest, sort_keys=False)
+        atomic_write_json(self.manifest_backup_path, manifest, sort_keys=False)
 
     # records -----------------------------------------------------------------------------------
     def read_record(self, method: str, instance: str) -> dict | None:
+        """The record, or None when there is none (a damaged one is moved aside: see `_load_record`)."""
         path = self.record_path(method, instance)
         if not path.is_file():
             return None
-        return json.loads(path.read_text())
+        return self._load_record(path, method, instance)
+
+    def _load_record(self, path: Path, method: str, instance: str | None = None) -> dict | None:
+        """Parse and validate one record file; a damaged one is moved to ``.damaged/`` and None returned."""
+        try:
+            rec = read_json(path)
+        except FileNotFoundError:
+            return None  # moved aside by another reader meanwhile
+        except ValueError as err:
+            problem = str(err)
+        else:
+            problem = record_problem(rec, method, instance if instance is not None else path.stem)
+            if problem is None:
+                return rec
+        self.quarantine_record(path, method, problem)
+        return None
+
+    def quarantine_record(self, path: Path, method: str, problem: str) -> Path | None:
+        """Move a damaged record to ``records/<method>/.damaged/`` (never deleted) and warn."""
+        dest = self.damaged_dir(method) / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return None
+        self.warn(f"damaged record {path} ({problem}) moved to {dest}; the instance counts as not done and "
+                  "`bench run` with the same command redoes it")
+        return dest
 
     def write_record(self, record: dict) -> None:
         record = {"version": RECORD_VERSION, **record}
@@ -141,8 +278,8 @@ class RunDir:
         """Records sorted by (method, dataset index)."""
         for m in [method] if method else self.methods():
             folder = self.root / "records" / m
-            recs = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
-            yield from sorted(recs, key=lambda r: (r.get("index", 0), r["instance"]))
+            recs = [self._load_record(p, m) for p in folder.glob("*.json")] if folder.is_dir() else []
+            yield from sorted((r for r in recs if r is not None), key=lambda r: (r["index"], r["instance"]))
 
     def records(self, method: str | None = None) -> list[dict]:
         return list(self.iter_records(method))
@@ -215,19 +352,53 @@ class RunDir:
         return path
 
     def load_artifact(self, method: str, instance: str, device="cpu") -> dict:
+        """The artifact dict; `ArtifactError` when it is missing, unreadable or not this instance's."""
+        import pickle
+
         import torch
 
-        return torch.load(self.artifact_path(method, instance), map_location=device, weights_only=True)
+        path = self.artifact_path(method, instance)
+        if not path.is_file():
+            raise ArtifactError(f"artifact {path} is missing; rerun `bench run` after deleting the record "
+                                f"{self.record_path(method, instance)}")
+        try:
+            art = torch.load(path, map_location=device, weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ArtifactError(f"artifact {path} cannot be read ({first[:160]})") from None
+        problem = artifact_problem(art, method, instance)
+        if problem:
+            raise ArtifactError(f"artifact {path} is not this instance's reconstruction ({problem})")
+        return art
 
     # corpus metrics ----------------------------------------------------------------------------
     def write_metrics(self, name: str, values: dict) -> None:
         atomic_write_json(self.metrics_path(name), values)
 
     def read_metrics(self) -> dict[str, dict]:
+        """``{name: metric file}``; a damaged file is a one-line `UserError` naming it and the repair."""
         folder = self.root / "metrics"
         if not folder.is_dir():
             return {}
-        return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+        out = {}
+        for path in sorted(folder.glob("*.json")):
+            doc, problem = self.load_metrics_file(path)
+            if problem:
+                raise UserError(f"{path} is damaged ({problem}); `bench repair {self.root}` moves it aside, then "
+                                f"`bench eval {self.root} --metrics {path.stem}` computes it again")
+            out[path.stem] = doc
+        return out
+
+    @staticmethod
+    def load_metrics_file(path: Path) -> tuple[dict | None, str | None]:
+        """``(metric file, None)``, or ``(None, why it is unusable)``."""
+        try:
+            doc = read_json(path)
+        except (OSError, ValueError) as err:
+            return None, str(err)
+        if not isinstance(doc, dict) or not isinstance(doc.get("methods"), dict):
+            return None, "no 'methods' table"
+        return doc, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +422,18 @@ def artifact_payload(method: str, sample, recon) -> dict:
         "camera": cpu(recon.camera), "camera_init": cpu(sample.camera), "latent": cpu(recon.latent),
         "mesh": mesh, "gt": gt,
     }
+
+
+def artifact_problem(art, method: str, instance: str) -> str | None:
+    """Why ``art`` is not the artifact of (method, instance) (None when it is)."""
+    if not isinstance(art, dict):
+        return f"a {type(art).__name__}, not an artifact dict"
+    missing = [k for k in ARTIFACT_KEYS if k not in art]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if art.get("instance", instance) != instance:
+        return f"it holds instance {art['instance']!r}"
+    return None
 
 
 def input_view_png(sample, recon) -> bytes:

@@ -13,7 +13,8 @@ worker), undoing the two surprises of ``squeeze_me``:
 It also re-implements the rotation-matrix -> quaternion conversion the official loaders use
 (Gohlke's ``transformations.quaternion_from_matrix(M, isprecise=True)``), including its lack of sign
 canonicalisation, and the layout-report helpers (:class:`LayoutRow`, :func:`missing_message`,
-:func:`read_index_rows`) behind each dataset's ``check_layout`` (``bench data check``).
+:func:`read_index_rows`) behind each dataset's ``check_layout`` (``bench data check``), and the reading
+of label / list text files with one-line errors (:func:`read_text_lines`, :func:`read_id_table`).
 
 Imports no torch.
 """
@@ -30,7 +31,7 @@ from bench.errors import UserError
 __all__ = [
     "LayoutRow", "load_mat", "struct_list", "field", "bbox_of", "parts_of", "mask_of",
     "read_annotations", "read_sfm", "quaternion_from_matrix", "sfm_to_pose", "missing_message",
-    "read_index_rows",
+    "read_index_rows", "read_text_lines", "read_id_table",
 ]
 
 
@@ -38,13 +39,62 @@ class LayoutRow(NamedTuple):
     """One expected file or folder of a dataset root, as reported by a dataset's ``check_layout``."""
 
     path: str       # the path checked (absolute; folders end with "/")
-    present: bool   # exists (and, for index files, is readable)
+    present: bool   # exists
     detail: str     # what it is / why it is needed / what was found
     required: bool = True  # False: optional for the default configuration
+    problem: str = ""      # why an existing file cannot be used (undecodable, malformed, unsafe); "" = fine
 
 
 # ------------------------------------------------------------------------------------------------
-# .mat reading
+# text and .mat reading
+
+
+def read_text_lines(path: str | Path, what: str, expected: str = "") -> list[str]:
+    """The lines of a UTF-8 text file (label / list files such as CUB's ``images.txt``).
+
+    Raises:
+        UserError: one line naming the file when it cannot be read, holds NUL bytes (binary data) or
+            is not valid UTF-8 (with the offset of the first bad byte).
+    """
+    path = Path(path)
+    tail = f"; expected {expected}" if expected else ""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}{tail}") from None
+    if b"\x00" in raw:
+        raise UserError(f"{what} {path} is not a text file (binary data: NUL byte at offset {raw.index(0)}); "
+                        f"replace it with the original file{tail}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not a text file (byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                        f"is not UTF-8); replace it with the original file{tail}") from None
+    return text.splitlines()
+
+
+def read_id_table(path: str | Path, what: str) -> dict[str, str]:
+    """``"<id> <value>"`` lines -> {id: value} (blank lines skipped).
+
+    Raises:
+        UserError: unreadable / undecodable file (:func:`read_text_lines`), a malformed line, a
+            repeated id, or no entry at all.
+    """
+    expected = "lines '<image_id> <value>'"
+    out: dict[str, str] = {}
+    for n, line in enumerate(read_text_lines(path, what, expected), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise UserError(f"{what} {path}:{n}: expected '<image_id> <value>', got {shown!r}")
+        if parts[0] in out:
+            raise UserError(f"{what} {path}:{n}: image id {parts[0]} appears twice")
+        out[parts[0]] = parts[1].strip()
+    if not out:
+        raise UserError(f"{what} {path} has no entries; {expected}")
+    return out
 
 
 def load_mat(path: str | Path, variable: str) -> Any:
@@ -61,7 +111,9 @@ def load_mat(path: str | Path, variable: str) -> Any:
     except NotImplementedError as exc:  # v7.3 files
         raise UserError(f"cannot read {path}: {exc} (save it as a MATLAB v7 or older .mat)") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
-        raise UserError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:200]
+        raise UserError(f"cannot read {path}: {type(exc).__name__}: {first} (expected a MATLAB .mat file "
+                        f"as CMR's preprocessing writes it)") from None
     if variable not in data:
         found = ", ".join(k for k in data if not k.startswith("__")) or "none"
         raise UserError(f"{path} has no variable {variable!r} (found: {found})")
@@ -264,8 +316,9 @@ def missing_message(what: str, root: Path, rows: list[LayoutRow], layout: str, h
 
 
 def read_index_rows(rows: dict, readers: dict) -> tuple[list, int | None]:
-    """For `bench data check`: read every present index file, note its entry count (or mark it
-    unreadable) in its :class:`LayoutRow`, in place. Returns the ``"anno"`` records and their count."""
+    """For `bench data check`: read every present index file with the reader a run uses, note its
+    entry count (or, in ``problem``, the one-line reason it cannot be used) in its :class:`LayoutRow`,
+    in place. Returns the ``"anno"`` records and their count."""
     records, count = [], None
     for key, read in readers.items():
         r = rows[key]
@@ -274,7 +327,7 @@ def read_index_rows(rows: dict, readers: dict) -> tuple[list, int | None]:
         try:
             items = read()
         except UserError as err:
-            rows[key] = r._replace(present=False, detail=f"{r.detail}: unreadable: {err}")
+            rows[key] = r._replace(detail=f"{r.detail}: unreadable", problem=str(err))
             continue
         rows[key] = r._replace(detail=f"{r.detail}: {len(items)} entries")
         if key == "anno":

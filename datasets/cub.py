@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.config import option, require
+from bench.config import check_fields, option, require
 from bench.datasets.cmr_format import CMRFormatDataset
-from bench.datasets.cmr_mat import LayoutRow, read_annotations, read_index_rows, read_sfm
+from bench.datasets.cmr_mat import LayoutRow, read_annotations, read_id_table, read_index_rows, read_sfm
 from bench.errors import InstanceError, UserError
 
 LAYOUT = ("<data_root>/{CUB_200_2011/images/, CUB_200_2011/images.txt, CUB_200_2011/image_class_labels.txt, "
@@ -43,27 +43,25 @@ class CUBConfig:
                             "(or its parent holding datasets/cub); default: the official datasets/cub "
                             "relative to the working directory")
     split: str = option("test", help="CMR split name: test (MeshInversion's), val, testval or train")
-    image_size: int = option(256, help="side of the square crop in pixels (official: 256)")
+    image_size: int = option(256, ge=1, help="side of the square crop in pixels (official: 256)")
     mask: str = option("predicted", help="mask the method fits and IoU is measured against: predicted "
                        "(PointRend masks, official) or gt (annotation mask)")
     camera: str = option("cmr-pred", help="initial camera: cmr-pred (the CMR camera when its overlay IoU > "
                          "cmr_iou_threshold, else SfM; official) or sfm (always the SfM camera)")
-    cmr_iou_threshold: float = option(0.7, help="overlay IoU the CMR camera must strictly exceed to be used "
-                                      "(camera=cmr-pred; official: 0.7)")
-    padding_frac: float = option(0.05, help="bbox padding per side, as a fraction of the box size (official: 0.05)")
-    mask_threshold: float = option(0.95, help="the resized mask is binarised with > mask_threshold (official: 0.95)")
+    cmr_iou_threshold: float = option(0.7, ge=0, le=1, help="overlay IoU the CMR camera must strictly exceed to "
+                                      "be used (camera=cmr-pred; official: 0.7)")
+    padding_frac: float = option(0.05, ge=0, help="bbox padding per side, as a fraction of the box size "
+                                 "(official: 0.05)")
+    mask_threshold: float = option(0.95, ge=0, lt=1, help="the resized mask is binarised with > mask_threshold "
+                                   "(official: 0.95)")
 
     def __post_init__(self):
+        check_fields(self)  # types and the ranges stated in option(...)
         require(bool(str(self.data_root).strip()), "data_root", "must be a folder path", self.data_root)
         require(bool(str(self.split).strip()), "split", "must be a CMR split name (test, val, testval, train)",
                 self.split)
-        require(int(self.image_size) >= 1, "image_size", "must be >= 1", self.image_size)
         require(self.mask in MASKS, "mask", f"must be one of {', '.join(MASKS)}", self.mask)
         require(self.camera in CAMERAS, "camera", f"must be one of {', '.join(CAMERAS)}", self.camera)
-        require(0.0 <= self.cmr_iou_threshold <= 1.0, "cmr_iou_threshold", "must be in [0, 1]",
-                self.cmr_iou_threshold)
-        require(self.padding_frac >= 0.0, "padding_frac", "must be >= 0", self.padding_frac)
-        require(0.0 <= self.mask_threshold < 1.0, "mask_threshold", "must be in [0, 1)", self.mask_threshold)
 
 
 def resolve_root(data_root: str | Path) -> Path:
@@ -118,56 +116,49 @@ def read_labels(root: Path) -> dict[str, int]:
     """``images.txt`` + ``image_class_labels.txt`` -> {image basename: 0-based class id}.
 
     Raises:
-        UserError: malformed lines.
+        UserError: one line naming the file: unreadable, undecodable (binary, not UTF-8), malformed lines,
+            or a class that is not an integer in 1..200.
     """
     p = _paths(root, "")
+    paths = read_id_table(p["images_txt"], "CUB image list")
+    labels = read_class_labels(p["labels_txt"])
+    return {Path(rel).name: labels[image_id] for image_id, rel in paths.items() if image_id in labels}
 
-    def table(path):
-        out = {}
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2:
-                raise UserError(f"{path}:{n}: expected '<image_id> <value>', got {line!r}")
-            out[parts[0]] = parts[1].strip()
-        return out
 
-    paths = table(p["images_txt"])
-    labels = table(p["labels_txt"])
+def read_class_labels(path: Path) -> dict[str, int]:
+    """``image_class_labels.txt`` -> {image id: 0-based class id}.
+
+    Raises:
+        UserError: one line naming the file (see :func:`read_id_table`), or a class outside 1..200.
+    """
     out = {}
-    for image_id, rel in paths.items():
-        if image_id in labels:
-            try:
-                out[Path(rel).name] = int(labels[image_id]) - 1
-            except ValueError:
-                raise UserError(f"{p['labels_txt']}: class of image {image_id} is not an integer: "
-                                f"{labels[image_id]!r}") from None
+    for image_id, value in read_id_table(path, "CUB class labels").items():
+        try:
+            label = int(value)
+        except ValueError:
+            label = None
+        if label is None or not 1 <= label <= 200:
+            raise UserError(f"CUB class labels {path}: class of image {image_id} must be an integer in 1..200, "
+                            f"got {value[:40]!r}")
+        out[image_id] = label - 1
     return out
 
 
 def read_cmr_cams(path: Path) -> dict[str, tuple[np.ndarray, float]]:
     """``cmr_pred_cam.pth`` -> {basename without extension: (pred_cam (7,) float64, overlay IoU)}.
 
-    Loaded with ``torch.load(weights_only=True)`` (numpy scalars allowed).
+    Loaded with ``torch.load(weights_only=True)`` (:func:`bench.checkpoints.load_file`); numpy arrays and
+    scalars are allowed besides tensors (:func:`bench.checkpoints.numpy_globals` with ``arrays=True``).
 
     Raises:
         UserError: unreadable file or unexpected structure.
     """
     import torch
 
-    try:
-        core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
-        # plain numpy arrays and scalars are data, not code: allow them besides tensors
-        safe = [np.dtype, np.ndarray, core.multiarray.scalar, core.multiarray._reconstruct]
-        safe += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64,
-                                             np.uint8, np.bool_)]
-        with torch.serialization.safe_globals(safe):
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot read CMR cameras {path}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''} (expected a torch.save'd dict "
-                        "{name: {'pred_cam': 7 values, 'pred_pose_overlay_iou': float}})") from None
+    from bench.checkpoints import load_file, numpy_globals
+
+    raw = load_file(path, "CMR cameras", allow=numpy_globals(arrays=True),
+                    hint="expected a torch.save'd dict {name: {'pred_cam': 7 values, 'pred_pose_overlay_iou': float}}")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a dict keyed by image name, got {type(raw).__name__}")
     out = {}
@@ -178,7 +169,7 @@ def read_cmr_cams(path: Path) -> dict[str, tuple[np.ndarray, float]]:
             iou = entry["pred_pose_overlay_iou"]
             iou = float(iou.item() if hasattr(iou, "item") else iou)
             out[str(name)] = (cam.reshape(7).astype(np.float64), iou)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
             raise UserError(f"{path}: entry {name!r} must hold 'pred_cam' (7 values) and "
                             f"'pred_pose_overlay_iou' ({type(exc).__name__}: {exc})") from None
     return out
@@ -198,7 +189,9 @@ def check_layout(data_root: str | Path, split: str | None = None) -> tuple[list[
                         f"(expected layout: {LAYOUT})")
     p = _paths(root, split)
     readers = {"anno": lambda: read_annotations(p["anno"], keep_mask=False),
-               "sfm": lambda: read_sfm(p["sfm"]), "cmr_cams": lambda: read_cmr_cams(p["cmr_cams"])}
+               "sfm": lambda: read_sfm(p["sfm"]), "cmr_cams": lambda: read_cmr_cams(p["cmr_cams"]),
+               "images_txt": lambda: read_id_table(p["images_txt"], "CUB image list"),
+               "labels_txt": lambda: read_class_labels(p["labels_txt"])}
     records, count = read_index_rows(rows, readers)
     if records:
         if rows["images"].present:

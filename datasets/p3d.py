@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.config import option, require
+from bench.config import check_fields, option, require
 from bench.datasets.cmr_format import CMRFormatDataset
 from bench.datasets.cmr_mat import LayoutRow, read_annotations, read_index_rows, read_sfm
 from bench.errors import UserError
@@ -41,25 +41,23 @@ class P3DConfig:
                             "data_root/p3d, data_root/cachedir/p3d")
     split: str = option("val", help="CMR split: val (VOC-val PASCAL cars, the usual test split), train or all")
     category: str = option("car", help="PASCAL3D+ category of the CMR files (car; aeroplane files share the format)")
-    image_size: int = option(256, help="side of the square crop in pixels (256)")
+    image_size: int = option(256, ge=1, help="side of the square crop in pixels (256)")
     mask: str = option("gt", help="mask the method fits and IoU is measured against: gt (annotation mask) or "
                        "predicted (<predicted_mask_dir>/<index>.npy)")
     predicted_mask_dir: str = option("", help="folder of predicted masks, one <index>.npy per .mat row; "
                                      "empty = <anno_root>/predicted_mask")
     camera: str = option("sfm", help="initial camera: sfm (the only camera available for cars)")
-    padding_frac: float = option(0.05, help="bbox padding per side, as a fraction of the box size (0.05)")
-    mask_threshold: float = option(0.95, help="the resized mask is binarised with > mask_threshold (0.95)")
+    padding_frac: float = option(0.05, ge=0, help="bbox padding per side, as a fraction of the box size (0.05)")
+    mask_threshold: float = option(0.95, ge=0, lt=1, help="the resized mask is binarised with > mask_threshold (0.95)")
 
     def __post_init__(self):
+        check_fields(self)  # types and the ranges stated in option(...)
         require(bool(str(self.data_root).strip()), "data_root", "must be a folder path", self.data_root)
         require(bool(str(self.split).strip()), "split", "must be a CMR split name (val, train, all)", self.split)
         require(bool(str(self.category).strip()), "category", "must be a PASCAL3D+ category (e.g. car)",
                 self.category)
-        require(int(self.image_size) >= 1, "image_size", "must be >= 1", self.image_size)
         require(self.mask in MASKS, "mask", f"must be one of {', '.join(MASKS)}", self.mask)
         require(self.camera in CAMERAS, "camera", "must be 'sfm' (no CMR car cameras exist)", self.camera)
-        require(self.padding_frac >= 0.0, "padding_frac", "must be >= 0", self.padding_frac)
-        require(0.0 <= self.mask_threshold < 1.0, "mask_threshold", "must be in [0, 1)", self.mask_threshold)
 
 
 def _resolve(data_root, anno_root: str, split: str, category: str) -> tuple[Path, Path, Path]:

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from bench.config import option, require
+from bench.config import check_fields, option, require
 from bench.datasets.base import Dataset, Sample
 from bench.errors import UserError
 from bench.methods.meshinversion.generator import N_CLASSES
@@ -42,36 +42,29 @@ SCENE_SEED_SALT = 0x5CE7E5
 class SyntheticConfig:
     """Options of the synthetic dataset (see the module docstring for how a scene is drawn)."""
 
-    n: int = option(8, help="number of instances")
+    n: int = option(8, ge=1, help="number of instances")
     seed: Optional[int] = option(None, help="seed of the scenes; empty = the run seed (bench run --seed), "
                                  "so another run seed also gives other scenes")
     checkpoint: Optional[str] = option(None, help="generator checkpoint the scenes are rendered from; "
                                        "empty or demo = the untrained demo generator")
-    image_size: int = option(256, help="side of the rendered square crop in pixels (CUB crops: 256)")
-    class_id: Optional[int] = option(None, help=f"class of every instance, 0..{N_CLASSES - 1}; "
+    image_size: int = option(256, ge=1, help="side of the rendered square crop in pixels (CUB crops: 256)")
+    class_id: Optional[int] = option(None, ge=0, le=N_CLASSES - 1, help=f"class of every instance, 0..{N_CLASSES - 1}; "
                                      "empty = uniform over the generator's classes")
-    scale_min: float = option(0.55, help="smallest ground-truth camera scale (uniform in [scale_min, scale_max])")
-    scale_max: float = option(0.75, help="largest ground-truth camera scale")
-    translation_std: float = option(0.03, help="std of the ground-truth camera translation per axis "
+    scale_min: float = option(0.55, gt=0, help="smallest ground-truth camera scale (uniform in [scale_min, scale_max])")
+    scale_max: float = option(0.75, gt=0, help="largest ground-truth camera scale")
+    translation_std: float = option(0.03, ge=0, help="std of the ground-truth camera translation per axis "
                                     "(normalised crop units)")
-    elevation_std_deg: float = option(10.0, help="std of the ground-truth camera elevation in degrees "
+    elevation_std_deg: float = option(10.0, ge=0, help="std of the ground-truth camera elevation in degrees "
                                       "(azimuth is uniform)")
-    noise_scale: float = option(0.1, help="initial camera noise: scale multiplied by exp(N(0, noise_scale))")
-    noise_translation: float = option(0.06, help="initial camera noise: std added to each translation axis")
-    noise_rotation_deg: float = option(15.0, help="initial camera noise: std in degrees of a random-axis "
+    noise_scale: float = option(0.1, ge=0, help="initial camera noise: scale multiplied by exp(N(0, noise_scale))")
+    noise_translation: float = option(0.06, ge=0, help="initial camera noise: std added to each translation axis")
+    noise_rotation_deg: float = option(15.0, ge=0, help="initial camera noise: std in degrees of a random-axis "
                                        "rotation applied to the ground truth")
 
     def __post_init__(self):
-        require(self.n >= 1, "n", "must be >= 1", self.n)
-        require(self.image_size >= 1, "image_size", "must be >= 1", self.image_size)
-        require(self.class_id is None or 0 <= self.class_id < N_CLASSES, "class_id",
-                f"must be empty or in 0..{N_CLASSES - 1}", self.class_id)
-        require(self.scale_min > 0, "scale_min", "must be > 0", self.scale_min)
+        check_fields(self)  # types and the ranges stated in option(...)
         require(self.scale_min <= self.scale_max, "scale_max", f"must be >= scale_min ({self.scale_min})",
                 self.scale_max)
-        for name in ("translation_std", "elevation_std_deg", "noise_scale", "noise_translation",
-                     "noise_rotation_deg"):
-            require(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
 
 
 def uses_demo(checkpoint: str | None) -> bool:

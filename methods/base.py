@@ -108,6 +108,28 @@ class Method:
         """
         raise NotImplementedError
 
+    def check_weights(self) -> None:
+        """Pre-flight before anything is written: every weight file can be read safely
+        (``weights_only``: a crafted pickle is refused unread) and is a mapping with parameter-name keys.
+        Keys and shapes against the network are checked again by `setup`, which builds it.
+
+        Raises:
+            UserError: one line naming the field and the file.
+        """
+        from collections.abc import Mapping
+
+        from bench.checkpoints import load_file, numpy_globals, require_string_keys
+        from bench.errors import UserError
+
+        for key, path in self.weight_files().items():
+            what = f"{self.name}.{key} file"
+            obj = load_file(path, what, allow=numpy_globals(arrays=True), mmap=True,
+                            hint=f"pass a valid file with --set {self.name}.{key}=PATH")
+            if not isinstance(obj, Mapping):
+                raise UserError(f"{what} {path} is not a state dict or checkpoint: it holds a {type(obj).__name__}; "
+                                f"pass a valid file with --set {self.name}.{key}=PATH")
+            require_string_keys(obj, f"{what} {path}", f"pass a valid file with --set {self.name}.{key}=PATH")
+
     def weight_files(self) -> dict[str, str]:
         """Config fields naming weight files (``*checkpoint*``, ``*_weights``) that are set to a path."""
         from dataclasses import fields, is_dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bench.config import option, require
+from bench.config import check_fields, option, require
 from bench.store import RunDir
 
 
@@ -40,32 +40,26 @@ class EvalOptions:
     fid10_views: str = option("paper", help="FID_10 views: paper (10: without 90 and 270, as the paper describes) | "
                               "official-code (11: without 270, what the released code computes)")
     device: str = option("cpu", help="cpu | cuda | cuda:K (feature extraction and rendering)")
-    batch_size: int = option(40, help="images per extractor forward pass")
-    kid_subsets: int = option(100, help="number of KID subsets")
+    batch_size: int = option(40, ge=1, help="images per extractor forward pass")
+    kid_subsets: int = option(100, ge=1, help="number of KID subsets")
     kid_subset_size: int = option(1000, help="upper bound of the KID subset size (each subset: min(n_fake, n_real, "
-                                  "this) images; torch-fidelity's 1000)")
-    seed: int = option(2020, help="KID subset sampling seed (torch-fidelity's 2020)")
+                                  "this) images; torch-fidelity's 1000)", ge=2)
+    seed: int = option(2020, ge=0, lt=2 ** 32, help="KID subset sampling seed (torch-fidelity's 2020)")
     fscore_threshold: float = option(0.05, help="shape3d F-score threshold, fraction of the normalised ground "
-                                     "truth's bounding-box diagonal")
-    num_points: int = option(10000, help="shape3d: points sampled on each surface for Chamfer-L2 / F-score")
+                                     "truth's bounding-box diagonal", gt=0, le=1)
+    num_points: int = option(10000, ge=1, help="shape3d: points sampled on each surface for Chamfer-L2 / F-score")
     view_size: int = option(256, help="canonical-view resolution in pixels (the protocol is 256; smaller only for "
-                            "quick checks; recorded)")
+                            "quick checks; recorded)", ge=16, multiple_of=4)
     progress: bool = option(True, help="show progress bars")
 
     def __post_init__(self):
         from bench.devices import parse_device
         from bench.render.camera import FID10_OPTIONS
 
+        check_fields(self)  # types and the ranges stated in option(...)
         require(bool(self.fid_extractor), "fid_extractor", "must name an extractor", self.fid_extractor)
         require(self.fid10_views in FID10_OPTIONS, "fid10_views", f"must be one of {', '.join(FID10_OPTIONS)}",
                 self.fid10_views)
-        require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
-        require(self.kid_subsets >= 1, "kid_subsets", "must be >= 1", self.kid_subsets)
-        require(self.kid_subset_size >= 2, "kid_subset_size", "must be >= 2", self.kid_subset_size)
-        require(self.fscore_threshold > 0, "fscore_threshold", "must be > 0", self.fscore_threshold)
-        require(self.num_points >= 1, "num_points", "must be >= 1", self.num_points)
-        require(self.view_size >= 16 and self.view_size % 4 == 0, "view_size", "must be a multiple of 4 and >= 16",
-                self.view_size)
         self.device = parse_device(self.device, require_visible=False, option="device")
 
 

@@ -24,7 +24,9 @@ every other paper (and torch-fidelity, pytorch-fid, clean-fid legacy-tf) reports
 Weights are never downloaded: a file given by path (``--fid-weights``) or already in the torch hub
 cache (``$TORCH_HOME/hub/checkpoints/<file>``), found by :mod:`bench.weights`; otherwise a
 :class:`bench.errors.UserError` says which file is missing and where it was looked for. Weight files
-are read with ``torch.load(weights_only=True)``; a truncated one is a one-line error.
+are read with ``torch.load(weights_only=True)`` through :mod:`bench.checkpoints` (torch-fidelity's own
+``torch.load(weights_only=False)`` runs under :func:`bench.checkpoints.forced_weights_only`); a truncated,
+foreign or code-carrying file is a one-line error, and so are keys or shapes that do not fit the network.
 
 Images reach every extractor as ``uint8`` (B,3,H,W) tensors; the caller quantises them the way
 the protocol says (see :mod:`bench.metrics.fid`).
@@ -43,6 +45,8 @@ from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench import weights
+from bench.checkpoints import (forced_weights_only, load_file, load_into, load_state_dict_error,
+                               read_state_dict)
 from bench.devices import parse_device
 from bench.errors import UserError
 from bench.manifest import sha256_file
@@ -105,13 +109,8 @@ class TorchvisionInceptionV3(FeatureExtractorBase):
                             f"({EXTRACTORS['torchvision-inception'].weights_file}); pass --fid-weights PATH")
         net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
         state = load_weights_file(feature_extractor_weights_path)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        try:
-            net.load_state_dict(state)
-        except (RuntimeError, AttributeError) as err:
-            raise UserError(f"{feature_extractor_weights_path} is not a torchvision inception_v3 state dict "
-                            f"({str(err).splitlines()[0]})") from None
+        load_into(net, state, f"FID weights file {feature_extractor_weights_path}", "torchvision inception_v3",
+                  hint=f"expected torchvision's {EXTRACTORS['torchvision-inception'].weights_file}")
         self.blocks = torch.nn.Sequential(
             net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, torch.nn.MaxPool2d(3, 2),
             net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, torch.nn.MaxPool2d(3, 2),
@@ -194,14 +193,13 @@ def resolve_weights(name: str, weights_path: str | os.PathLike | None = None) ->
                                         spec.weights_file, "--fid-weights")
 
 
+_WEIGHTS_HINT = "copy the file again (is it complete?) or pass another --fid-weights PATH"
+
+
 def load_weights_file(path: str | os.PathLike) -> dict:
-    """``torch.load(path, weights_only=True)`` on CPU; a truncated or foreign file is a one-line `UserError`."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated zip, pickle with code, not a torch file...
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise UserError(f"cannot read FID weights file {path} ({first}); is it complete? copy it again or pass "
-                        "another --fid-weights PATH") from None
+    """The state dict in an FID weights file, read with ``torch.load(weights_only=True)`` on CPU
+    (:mod:`bench.checkpoints`); a truncated, foreign or code-carrying file is a one-line `UserError`."""
+    return read_state_dict(path, "FID weights file", wrappers=("state_dict",), hint=_WEIGHTS_HINT)
 
 
 class FeatureExtractor:
@@ -233,8 +231,20 @@ class FeatureExtractor:
         if self.weights_path is not None:
             kwargs["feature_extractor_weights_path"] = str(self.weights_path)
             if cls is not TorchvisionInceptionV3:  # which loads it safely itself; torch-fidelity does not
-                load_weights_file(self.weights_path)
-        self.module = create_feature_extractor(self.fidelity_name, [self.feature], cuda=self.cuda, **kwargs)
+                if self.spec is not None:  # one-line errors for unreadable / unsafe / foreign files
+                    load_weights_file(self.weights_path)
+                else:  # a third-party extractor's own format: only readable and safe
+                    load_file(self.weights_path, "FID weights file", hint=_WEIGHTS_HINT)
+        # torch-fidelity's own extractors call torch.load(weights_only=False): forced weights-only here
+        with forced_weights_only():
+            try:
+                self.module = create_feature_extractor(self.fidelity_name, [self.feature], cuda=self.cuda,
+                                                       **kwargs)
+            except RuntimeError as err:
+                if self.weights_path is None or "state_dict" not in str(err):
+                    raise
+                raise load_state_dict_error(err, f"FID weights file {self.weights_path}",
+                                            f"{self.fidelity_name} extractor", hint=_WEIGHTS_HINT) from None
 
     @cached_property
     def weights_sha256(self) -> str | None:

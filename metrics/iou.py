@@ -29,6 +29,8 @@ def mask_iou(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 class IoUMetric:
     """Per-instance IoU of the input-view render mask against the sample's mask."""
 
+    needs_artifacts = False  # its corpus summary reads the records only
+
     #: recorded in the run manifest (``metrics.iou``)
     protocol = {"formula": "sum(Mt*Mp)/sum(Mt+Mp-Mt*Mp), masks not thresholded",
                 "against": "the sample's mask (each record's mask_source)"}

@@ -83,6 +83,8 @@ def latency_summary(records: list[dict]) -> dict:
 class LatencyMetric(Metric):
     """Per-instance wall and optimisation time (from the method's timings), summarised per method."""
 
+    needs_artifacts = False  # reads the records only
+
     def corpus(self, ctx: EvalContext) -> dict:
         manifest = ctx.run.read_manifest()
         env = manifest.get("environment", {}) if isinstance(manifest, dict) else {}

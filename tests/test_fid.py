@@ -440,7 +440,7 @@ def test_missing_reference_messages(tmp_path):
 def test_metrics_json_written_by_evaluate(tiny_run):
     from bench.commands.eval import evaluate
 
-    written = evaluate(tiny_run.root, ["fid1", "kid"], tiny_options(), progress=False)
+    written = evaluate(tiny_run.root, ["fid1", "kid"], tiny_options(), progress=False)["written"]
     doc = json.loads(tiny_run.metrics_path("fid1").read_text())
     assert doc["metric"] == "fid1" and doc["version"] == 1 and set(doc["methods"]) == {"perfect", "noisy"}
     assert doc["protocol"]["quantisation"].startswith("round") and "environment" in doc

@@ -53,7 +53,7 @@ def test_run_seed_feeds_the_method_when_the_scenes_are_fixed(tmp_path):
 BAD_SETS = [
     (["--set", "ours.select_num=0"], "ours.select_num must be >= 1"),
     (["--set", "ours.iterations=[1,1]"], "ours."),
-    (["--set", "ours.render_size=abc"], "ours.render_size expects a int"),
+    (["--set", "ours.render_size=abc"], "ours.render_size expects an integer"),
     (["--set", "ours.nosuch=1"], "unknown option ours.nosuch"),
     (["--methods", "cmr-tto", "--set", "cmr-tto.camera_init=bogus"], "cmr-tto.camera_init"),
     (["--methods", "cmr-tto", "--set", "cmr-tto.iterations=-1"], "cmr-tto.iterations"),

@@ -16,6 +16,7 @@ Separate from ``bench run`` (OpenCompass style: infer, then eval). Reads every r
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from datetime import datetime, timezone
 
@@ -48,7 +49,7 @@ def _parse_metrics(text: str | None, synthetic: bool) -> list[str]:
 
 
 def evaluate(run_dir, metrics: list[str] | None = None, options=None, methods: list[str] | None = None,
-             progress: bool = True) -> dict[str, dict]:
+             progress: bool = True, warn=None) -> dict[str, dict]:
     """Compute ``metrics`` of the run at ``run_dir`` and write ``RUN/metrics/<name>.json``.
 
     Args:
@@ -57,9 +58,14 @@ def evaluate(run_dir, metrics: list[str] | None = None, options=None, methods: l
         options: :class:`bench.metrics.base.EvalOptions`.
         methods: methods to evaluate (default: every method with records).
         progress: show rich progress bars.
+        warn: called with each warning line (default: printed to stderr).
     Returns:
-        ``{name: written JSON dict}``.
+        ``{"written": {name: written JSON dict}, "skipped": {name: why}}``: a metric whose ``check``
+        fails (weights or reference file missing) is skipped and the others are computed.
+    Raises:
+        UserError: no metric could be computed, or the run has no records.
     """
+    warn = warn or _warn
     from bench import registry
     from bench.errors import UserError
     from bench.manifest import environment
@@ -85,9 +91,20 @@ def evaluate(run_dir, metrics: list[str] | None = None, options=None, methods: l
         if not hasattr(metric, "corpus"):
             raise UserError(f"metric {name!r} has no corpus-level summary; it is computed by `bench run`")
     ctx = EvalContext(run=run, methods=list(methods or all_methods), options=options)
-    for metric in instances.values():  # fail before any rendering: weights, reference files
+    skipped = {}
+    for name, metric in instances.items():  # before any rendering: weights, reference files
         if hasattr(metric, "check"):
-            metric.check(ctx)
+            try:
+                metric.check(ctx)
+            except UserError as err:
+                skipped[name] = str(err)
+    instances = {name: metric for name, metric in instances.items() if name not in skipped}
+    if not instances:  # nothing to compute: the (first) reason is the one line
+        raise UserError(next(iter(skipped.values())))
+    for name, why in skipped.items():
+        warn(f"{name} skipped: {why}")
+    if any(getattr(metric, "needs_artifacts", True) for metric in instances.values()):
+        check_artifacts(ctx, warn)
     env = environment(options.device)
     written = {}
     with progress_bar(enabled=progress, unit="item") as bar:
@@ -97,9 +114,41 @@ def evaluate(run_dir, metrics: list[str] | None = None, options=None, methods: l
             doc = {"metric": name, "version": METRICS_VERSION,
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(run.root),
                    "summary": entries[name].summary, **result, "environment": env}
+            bad = ctx.cache.get("artifact_failures", {})
+            if any(bad.values()):
+                doc["artifact_failures"] = {m: dict(v) for m, v in bad.items() if v}
             run.write_metrics(name, doc)
             written[name] = doc
-    return written
+    return {"written": written, "skipped": skipped}
+
+
+def check_artifacts(ctx, warn) -> None:
+    """Load every ok record's artifact once; one that is missing or damaged turns that record into a
+    failed one for this evaluation (counted in each metric's ``n_failed``, listed in the files'
+    ``artifact_failures``), so the other instances are still evaluated."""
+    from bench.store import ArtifactError
+
+    failures = ctx.cache.setdefault("artifact_failures", {})
+    for method in ctx.methods:
+        records, bad = [], {}
+        for rec in ctx.records(method):
+            if rec["status"] == "ok":
+                try:
+                    ctx.run.load_artifact(method, rec["instance"])
+                except ArtifactError as err:
+                    bad[rec["instance"]] = str(err)
+                    rec = {**rec, "status": "failed", "error": str(err)}
+            records.append(rec)
+        ctx.cache["records"][method] = records
+        failures[method] = bad
+        for message in list(bad.values())[:3]:
+            warn(f"{method}: {message}; this instance is counted as failed")
+        if len(bad) > 3:
+            warn(f"{method}: {len(bad) - 3} more instances with a missing or damaged artifact")
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 def _fmt(v) -> str:
@@ -170,9 +219,13 @@ def eval_cmd(run_dir, metrics, methods, **options):
     manifest = run.read_manifest()
     names = _parse_metrics(metrics, dataset_name(manifest) == "synthetic")
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    written = evaluate(run.root, names, opts, method_list, progress=opts.progress)
-    for name, doc in written.items():
+    result = evaluate(run.root, names, opts, method_list, progress=opts.progress)
+    for name, doc in result["written"].items():
         entry = registry.get("metrics", name)
         for method, vals in doc["methods"].items():
             click.echo(f"{name:<8} {method:<16} " + " ".join(headline(entry, vals)))
         click.echo(f"  -> {run.metrics_path(name)}")
+    if result["skipped"]:
+        click.echo(f"error: not computed: {', '.join(result['skipped'])} (see the warnings above); the other "
+                   "metrics were written", err=True)
+        sys.exit(1)

@@ -57,7 +57,7 @@ EPILOG = ("Every config field of a method or dataset, with its default, profile 
 @click.option("--split", help="Dataset split (default: the dataset's, usually test).")
 @click.option("--limit", type=int, help="Use only the first N instances.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:K.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default results/<dataset>-<profile>).")
+@click.option("--out", type=click.Path(), help="Run directory (default results/<dataset>-<profile>).")
 @click.option("--batch-size", default=1, show_default=True, type=int, help="Instances optimised together.")
 @click.option("--profile", type=click.Choice(PROFILES), default="paper", show_default=True,
               help="paper = the released code's settings; fast = CPU-friendly.")
@@ -84,6 +84,7 @@ def run(ctx, config, methods, dataset, data_root, split, limit, device, out, bat
     from bench.config import parse_sets
     from bench.devices import parse_device
     from bench.errors import UserError
+    from bench.locks import RunLock
     from bench.manifest import merge_manifest, new_manifest
     from bench.methods_spec import parse_methods
     from bench.run_config import merge_sets
@@ -101,10 +102,14 @@ def run(ctx, config, methods, dataset, data_root, split, limit, device, out, bat
         dataset_over["data_root"] = str(data_root)
     if split is not None:
         dataset_over["split"] = split
-    if batch_size < 1 or (limit is not None and limit < 1) or retries < 0 or (shards is not None and shards < 1):
-        raise UserError("--batch-size, --limit and --shards must be >= 1, --retries >= 0")
+    _check_counts(batch_size=batch_size, limit=limit, retries=retries, shards=shards, num_workers=num_workers)
+    shard_pair = _parse_shard(shard) or launch.env_shard()
+    slurm_params = _parse_slurm(slurm_opts)
     device = parse_device(device, require_visible=launcher == "local")
-    out = out or Path("results") / f"{dataset}-{profile}"
+    if out is not None and not str(out).strip():
+        raise UserError("--out is empty; pass a folder for the run (default: results/<dataset>-<profile>)")
+    default_out = out is None
+    out = Path(out) if out is not None else Path("results") / f"{dataset}-{profile}"
     opts = RunOptions(methods=specs, dataset=dataset, out=out, dataset_overrides=dataset_over,
                       method_overrides=overrides, profile=profile, device=device, batch_size=batch_size,
                       limit=limit, seed=seed, retries=retries, num_workers=num_workers)
@@ -113,31 +118,134 @@ def run(ctx, config, methods, dataset, data_root, split, limit, device, out, bat
     ds, built = build_components(opts)
     if len(ds) == 0:
         raise UserError(f"dataset {dataset!r} yields no instances (check --data-root and --split)")
+    for method in built.values():
+        method.check_weights()
     described = {spec: method.describe() for spec, method in built.items()}
+    check_out_path(out)
     run_dir = RunDir(out)
-    previous = run_dir.read_manifest() if run_dir.exists() else None
     manifest = new_manifest(
         dataset={**ds.describe(), "instances": len(ds) if limit is None else min(limit, len(ds))},
         methods=described, metrics=instance_metric_protocols(), device=device, seed=seed, profile=profile,
         limit=limit, command=["bench", *sys.argv[1:]], run_config=run_config)
-    manifest = merge_manifest(previous, manifest, out)
-    run_dir.write_manifest(manifest)
-    _link_latest(out)
+    previous = run_dir.read_manifest() if run_dir.exists() else None
+    if previous is None:
+        _check_orphan_records(run_dir, ds, described, seed, profile)
+    merge_manifest(previous, manifest, out, has_records=lambda m: bool(run_dir.records(m)))  # refuse early
+    prepare_out_dir(out)
 
-    shard_pair = _parse_shard(shard) or launch.env_shard()
-    if shard_pair is not None:
-        launch.run_shard(opts, *shard_pair, progress=not quiet, components=(ds, built))
-    else:
-        n = shards or launch.default_num_shards(device)
-        if launcher == "local":
-            if n == 1:
-                launch.run_shard(opts, 0, 1, progress=not quiet, components=(ds, built))
-            else:
-                launch.run_local(opts, n, len(ds), progress=not quiet)
+    # One `bench run` per run directory; shard processes share it and coordinate per instance instead.
+    lock = RunLock(out).acquire() if shard_pair is None else None
+    try:
+        with manifest_update(out):
+            previous = run_dir.read_manifest() if run_dir.exists() else None
+            run_dir.write_manifest(merge_manifest(previous, manifest, out,
+                                                  has_records=lambda m: bool(run_dir.records(m))))
+        if default_out:
+            _link_latest(out)
+        if shard_pair is not None:
+            launch.run_shard(opts, *shard_pair, progress=not quiet, components=(ds, built))
         else:
-            params = dict(kv.split("=", 1) for kv in slurm_opts)
-            launch.run_submitit(opts, n, "slurm" if launcher == "slurm" else "local", params)
-    _print_summary(run_dir, specs)
+            n = shards or launch.default_num_shards(device)
+            if launcher == "local":
+                if n == 1:
+                    launch.run_shard(opts, 0, 1, progress=not quiet, components=(ds, built))
+                else:
+                    launch.run_local(opts, n, len(ds), progress=not quiet)
+            else:
+                launch.run_submitit(opts, n, "slurm" if launcher == "slurm" else "local", slurm_params)
+    finally:
+        if lock is not None:
+            lock.release()
+    _print_summary(run_dir, specs, len(ds), limit)
+
+
+def _check_counts(**values) -> None:
+    """--batch-size, --limit, --shards >= 1; --retries, --num-workers >= 0 (None = not given)."""
+    from bench.errors import UserError
+
+    least = {"batch_size": 1, "limit": 1, "shards": 1, "retries": 0, "num_workers": 0}
+    for name, value in values.items():
+        if value is not None and value < least[name]:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {least[name]}, got {value}")
+
+
+def _parse_slurm(pairs) -> dict[str, str]:
+    from bench.errors import UserError
+
+    out = {}
+    for kv in pairs:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--slurm expects KEY=VALUE (e.g. slurm_partition=gpu), got {kv!r}")
+        out[key.strip()] = value
+    return out
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Create the run directory, or say in one line why it cannot be (a file in the way, read-only,
+    no permission, a name too long) before anything is written."""
+    import os
+
+    from bench.errors import UserError, user_error_from_os
+
+    check_out_path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise user_error_from_os(err, f"--out {out}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write there (read-only or no permission); choose another --out")
+
+
+def check_out_path(out: Path) -> None:
+    """Refuse, without writing, an --out with a file in the way or a name longer than the file system's."""
+    import os
+
+    from bench.errors import UserError
+
+    for part in out.parts:
+        if len(part.encode()) > 255:
+            raise UserError(f"--out {str(out)[:80]}…: the name {part[:20]}… has {len(part.encode())} bytes, more "
+                            "than file systems allow (255); choose a shorter --out")
+    for part in [out, *out.parents]:
+        try:
+            if part.exists() and not part.is_dir():
+                raise UserError(f"--out {out}: {part} is a file, not a folder; choose another --out")
+        except OSError as err:
+            raise UserError(f"--out {out}: {os.strerror(err.errno or 0)}; choose another --out") from None
+
+
+def manifest_update(out: Path):
+    """Serialise the manifest's read-merge-write between processes sharing a run directory."""
+    import contextlib
+    import fcntl
+    import os
+
+    @contextlib.contextmanager
+    def locked():
+        fd = os.open(out / ".manifest.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    return locked()
+
+
+def _check_orphan_records(run_dir, ds, described: dict, seed: int, profile: str) -> None:
+    """A run directory that lost its manifest but holds records: they must have been made under
+    this command's protocol (the hash each record carries), else nothing is mixed into them."""
+    from bench.errors import UserError
+    from bench.manifest import protocol_hash
+
+    for spec, desc in described.items():
+        want = protocol_hash(ds.describe(), desc, seed, profile)
+        for rec in run_dir.records(spec)[:50]:
+            got = (rec.get("runtime") or {}).get("protocol")
+            if got is not None and got != want:
+                raise UserError(f"{run_dir.root} has no manifest, and its records of {spec!r} were made under "
+                                "another protocol; `bench repair` may restore the manifest, or use another --out")
 
 
 def instance_metric_protocols() -> dict:
@@ -163,13 +271,30 @@ def _link_latest(out: Path) -> None:
         pass
 
 
-def _print_summary(run_dir, specs) -> None:
+def _print_summary(run_dir, specs, dataset_size: int, limit: int | None) -> None:
+    """Per method: ok / failed within this command's range, records beyond it kept; exit 1 when
+    every instance failed (with the most common error)."""
+    from collections import Counter
+
     from rich.console import Console
 
     console = Console(stderr=True)
+    total = dataset_size if limit is None else min(limit, dataset_size)
+    errors: Counter = Counter()
+    ok_all = 0
     for spec in specs:
         recs = run_dir.records(spec)
-        ok = sum(r["status"] == "ok" for r in recs)
-        failed = len(recs) - ok
-        console.print(f"{spec}: {ok} ok, {failed} failed" + (" (see records for errors)" if failed else ""))
-    console.print(f"run directory: {run_dir.root}   next: bench report {run_dir.root}")
+        inside = [r for r in recs if r["index"] < total]
+        ok = sum(r["status"] == "ok" for r in inside)
+        failed = len(inside) - ok
+        ok_all += ok
+        errors.update(r.get("error") or "failed" for r in inside if r["status"] != "ok")
+        beyond = len(recs) - len(inside)
+        console.print(f"{spec}: {ok} ok, {failed} failed" + (" (see records for errors)" if failed else "")
+                      + (f"; {beyond} record(s) beyond --limit {limit} kept" if beyond else ""), highlight=False)
+    console.print(f"run directory: {run_dir.root}   next: bench report {run_dir.root}", highlight=False)
+    if ok_all == 0 and errors:
+        error, count = errors.most_common(1)[0]
+        click.echo(f"error: every instance failed ({sum(errors.values())}); most common error ({count}x): "
+                   f"{error[:300]}", err=True)
+        sys.exit(1)

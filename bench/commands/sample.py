@@ -15,15 +15,30 @@ DEFAULT_VIEWS = "0,90,180"
 
 
 def _parse_views(text: str) -> list[float]:
+    """``"0,90,180"`` -> ``[0.0, 90.0, 180.0]``: finite azimuths in degrees, at least one."""
+    import math
+
     from bench.errors import UserError
 
+    expected = f"comma-separated finite azimuths in degrees (e.g. {DEFAULT_VIEWS})"
     try:
         views = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"--views expects comma-separated azimuths in degrees (e.g. {DEFAULT_VIEWS}), got {text!r}") from None
+        raise UserError(f"--views expects {expected}, got {text!r}") from None
     if not views:
-        raise UserError(f"--views needs at least one azimuth (e.g. {DEFAULT_VIEWS})")
+        raise UserError(f"--views needs at least one azimuth: {expected}, got {text!r}")
+    if not all(math.isfinite(v) for v in views):
+        raise UserError(f"--views expects {expected}; NaN and infinity are refused, got {text!r}")
     return views
+
+
+def _check_seed(seed: int) -> int:
+    """The ``--seed`` of the latents: torch's generator takes a 64-bit seed."""
+    from bench.errors import UserError
+
+    if not 0 <= seed < 2 ** 63:
+        raise UserError(f"--seed must be an integer in [0, 2^63), got {seed}")
+    return seed
 
 
 def _to_uint8_image(texture):
@@ -63,6 +78,7 @@ def sample(checkpoint, num, class_id, seed, device, out, views, size, batch_size
     from bench.render.uvsphere import uvsphere_template
 
     azimuths = _parse_views(views)
+    seed = _check_seed(seed)
     from bench.devices import parse_device
 
     device = parse_device(device)

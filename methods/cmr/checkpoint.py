@@ -17,65 +17,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.errors import UserError
+from bench.checkpoints import load_into, require_string_keys
+from bench.checkpoints import read_state_dict as _read_state_dict
 
-#: how many key names an error message lists per category
-MAX_LISTED = 5
+__all__ = ["read_state_dict", "check_and_load", "load_state", "load_checkpoint", "require_string_keys"]
 
-
-def _short(keys: list[str]) -> str:
-    shown = ", ".join(keys[:MAX_LISTED])
-    more = f", ... (+{len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else ""
-    return f"[{shown}{more}]"
+#: wrappers a training script may have put the state dict under
+WRAPPERS = ("state_dict", "model", "net")
 
 
-def _torch_load(path: Path, what: str):
-    """``torch.load(weights_only=True)`` (``encoding='latin1'`` for Python-2 pickles); one-line errors."""
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except UnicodeDecodeError:
-            return torch.load(path, map_location="cpu", weights_only=True, encoding="latin1")
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"{what} file {path} could not be read as a PyTorch state dict "
-                        f"({type(exc).__name__}: {first_line})") from None
-
-
-def _unwrap(obj):
-    """The state dict inside a ``{"state_dict"|"model"|"net": {...}}`` wrapper, else ``obj``."""
-    if isinstance(obj, dict):
-        for wrapper in ("state_dict", "model", "net"):
-            if wrapper in obj and isinstance(obj[wrapper], dict):
-                return obj[wrapper]
-    return obj
-
-
-def require_string_keys(state: dict, source: str) -> None:
-    """Raise a one-line `UserError` unless every key of ``state`` is a parameter name (a str)."""
-    bad = next((k for k in state if not isinstance(k, str)), None)
-    if bad is not None:
-        raise UserError(f"{source} is not a state dict: key {bad!r} ({type(bad).__name__}) is not a "
-                        f"parameter name (expected a mapping of str names to tensors)")
+def _hint(what: str) -> str:
+    return f"pass the released {what} file (a torch.save'd state dict)"
 
 
 def read_state_dict(path: str | Path, what: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
-    """Read a state dict (bare, or under ``state_dict`` / ``model``; a ``module.`` prefix is removed).
+    """Read a state dict (bare, or under ``state_dict`` / ``model`` / ``net``; a ``module.`` prefix is
+    removed) with ``torch.load(weights_only=True)`` (``encoding='latin1'`` retried for Python-2 pickles),
+    through :func:`bench.checkpoints.read_state_dict`.
 
     Raises:
-        UserError: missing / unreadable file, no tensors in it, or keys that are not strings.
+        UserError: missing / unreadable file, a pickled object that is not data, no tensors in it,
+            or keys that are not strings.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file {path} not found; pass an existing file")
-    obj = _unwrap(_torch_load(path, what))
-    if not isinstance(obj, dict) or not any(torch.is_tensor(v) for v in obj.values()):
-        raise UserError(f"{what} file {path} holds no state dict (a mapping of parameter names to tensors)")
-    state = OrderedDict((k, v) for k, v in obj.items() if torch.is_tensor(v))
-    require_string_keys(state, f"{what} file {path}")
-    if state and all(k.startswith("module.") for k in state):
-        state = OrderedDict((k[len("module."):], v) for k, v in state.items())
-    return state
+    return _read_state_dict(path, f"{what} file", wrappers=WRAPPERS, hint=_hint(what))
 
 
 def check_and_load(net: nn.Module, state: dict, source: str, model_name: str) -> None:
@@ -87,31 +51,8 @@ def check_and_load(net: nn.Module, state: dict, source: str, model_name: str) ->
     Raises:
         UserError: one line naming missing / unexpected / wrongly shaped keys, or non-string keys.
     """
-    require_string_keys(state, source)
-    own = net.state_dict()
-    state = OrderedDict(state)
-    for key, value in own.items():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.zeros_like(value)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys {_short(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys {_short(unexpected)}")
-        if shape:
-            parts.append(f"{len(shape)} keys with wrong shape (file vs model) {_short(shape)}")
-        raise UserError(f"{source} is not a {model_name} checkpoint: " + "; ".join(parts)
-                        + f" (expected {len(own)} keys as in the released {model_name} file)")
-    cast = OrderedDict()
-    for k, v in state.items():
-        target = own[k]
-        cast[k] = v.to(target.dtype) if (v.is_floating_point() and target.is_floating_point()) else v
-    net.load_state_dict(cast, strict=True)
+    load_into(net, state, source, f"{model_name} network", fill_counters=True,
+              hint=f"expected {len(net.state_dict())} keys as in the released {model_name} file")
 
 
 def load_state(net: nn.Module, state: dict, source: str, model_name: str) -> dict:

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from bench.config import option, require
+from bench.config import check_fields, option, require
 from bench.errors import InstanceError
 from bench.failures import find_non_finite, reconstruct_in_groups
 from bench.methods.base import Method, Reconstruction, TexturedMesh
@@ -61,12 +61,13 @@ class CMRConfig:
                                                   "pred_net_latest.pth), loaded strictly; none = random "
                                                   "weights seeded with weights_seed, labelled untrained")
     weights_seed: int = option(0, help="seed of the random network weights used without a checkpoint (and of "
-                                       "an untrained TTO run's random AlexNet); not a per-instance seed")
-    warmup_passes: int = option(1, help="untimed passes on a dummy input in setup (forward; TTO: forward + "
+                                       "an untrained TTO run's random AlexNet); not a per-instance seed",
+                               ge=0, lt=2 ** 63)
+    warmup_passes: int = option(1, ge=0, help="untimed passes on a dummy input in setup (forward; TTO: forward + "
                                         "backward), so the first timings exclude one-off initialisation; 0 = off")
 
     def __post_init__(self):
-        require(self.warmup_passes >= 0, "warmup_passes", "must be >= 0", self.warmup_passes)
+        check_fields(self)  # types and the ranges stated in option(...)
 
 
 @dataclass

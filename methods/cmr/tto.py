@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.config import option, require
+from bench.config import check_fields, option
 from bench.methods.cmr.nets import sample_texture
 from bench.methods.cmr.rendering import pose, render_views_for_loss, resize_image, unit_quaternion_camera
 from bench.metrics.iou import mask_iou
@@ -44,36 +44,27 @@ ADAM_EPS = 1e-8
 class TTOSettings:
     """Hyper-parameters of :func:`run_tto` (defaults = the supplement's CMR recipe)."""
 
-    iterations: int = option(200, help="Adam steps in total, split evenly over the pose_lrs stages "
+    iterations: int = option(200, ge=0, help="Adam steps in total, split evenly over the pose_lrs stages "
                                        "(supplement: 200 = 4 stages x 50)")
-    latent_lr: float = option(5e-3, help="constant Adam learning rate of the latent (supplement: 5e-3)")
-    pose_lrs: list[float] = option([1e-2, 5e-3, 1e-3, 5e-4],
+    latent_lr: float = option(5e-3, gt=0, help="constant Adam learning rate of the latent (supplement: 5e-3)")
+    pose_lrs: list[float] = option([1e-2, 5e-3, 1e-3, 5e-4], gt=0, min_length=1,
                                    help="Adam learning rate of the camera (s, t, q), one entry per stage "
                                         "(supplement: 1e-2, 5e-3, 1e-3, 5e-4)")
-    betas: list[float] = option([0.0, 0.99], help="Adam (beta1, beta2) of both optimisers (supplement: 0, 0.99)")
-    render_size: int = option(256, help="side in pixels of the loss renders, >= 32 for the AlexNet of the "
+    betas: list[float] = option([0.0, 0.99], ge=0, lt=1, length=2,
+                                help="Adam (beta1, beta2) of both optimisers (supplement: 0, 0.99)")
+    render_size: int = option(256, ge=32, help="side in pixels of the loss renders, >= 32 for the AlexNet of the "
                                         "perceptual term (the output render is at the sample's size)")
-    mask_weight: float = option(2.0, help="weight of the mask term (CMR: MSE of the soft silhouette; "
+    mask_weight: float = option(2.0, ge=0, help="weight of the mask term (CMR: MSE of the soft silhouette; "
                                           "CMR training weight 2)")
-    texture_weight: float = option(0.5, help="weight of the perceptual texture term (CMR training weight 0.5)")
+    texture_weight: float = option(0.5, ge=0, help="weight of the perceptual texture term (CMR training weight 0.5)")
     renormalize_quat: bool = option(True, help="project with q/|q| (open choice, the supplement does not say; "
                                                "false = MeshInversion's raw quaternion)")
     detach_texture_geometry: bool = option(True, help="the textured loss render sees detached vertices and "
                                                       "camera, as in CMR/UMR training (open choice)")
-    sigmainv: float = option(7000.0, help="sharpness of the DIB-R soft silhouette of the mask term")
+    sigmainv: float = option(7000.0, gt=0, help="sharpness of the DIB-R soft silhouette of the mask term")
 
     def __post_init__(self):
-        require(self.iterations >= 0, "iterations", "must be >= 0", self.iterations)
-        require(self.latent_lr >= 0, "latent_lr", "must be >= 0", self.latent_lr)
-        require(len(self.pose_lrs) >= 1 and all(lr >= 0 for lr in self.pose_lrs), "pose_lrs",
-                "must list at least one learning rate >= 0", self.pose_lrs)
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
-                "must be two numbers in [0, 1)", self.betas)
-        require(self.render_size >= 32, "render_size", "must be >= 32 (the AlexNet of the perceptual term "
-                                                       "needs it)", self.render_size)
-        require(self.mask_weight >= 0, "mask_weight", "must be >= 0", self.mask_weight)
-        require(self.texture_weight >= 0, "texture_weight", "must be >= 0", self.texture_weight)
-        require(self.sigmainv > 0, "sigmainv", "must be > 0", self.sigmainv)
+        check_fields(self)  # types and the ranges stated in option(...)
 
 
 def stage_of(step: int, iterations: int, stages: int) -> int:

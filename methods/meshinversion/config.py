@@ -45,20 +45,23 @@ class InversionConfig(LossConfig):
 
     # latent initialisation (init_z)
     select_num: int = option(
-        500, help="random N(0,I) latent candidates per instance; the best one starts (official 500)")
+        500, ge=1, help="random N(0,I) latent candidates per instance; the best one starts (official 500)")
     init_batch_size: int = option(
-        50, help="candidates scored per forward pass (official 1; any value gives the same choice)")
+        50, ge=1, help="candidates scored per forward pass (official 1; any value gives the same choice)")
     init_with_prior: bool = option(
         False, help="add each candidate's own NLL prior to its score (official False: a constant offset there)")
 
     # optimisation (run)
-    iterations: list[int] = option([50, 50, 50, 50], help="Adam steps per stage (official [50, 50, 50, 50])")
-    z_lrs: list[float] = option([1e-1, 5e-2, 1e-2, 5e-3], help="latent learning rate per stage (official values)")
-    pose_lrs: list[float] = option([1e-2, 5e-3, 1e-3, 5e-4], help="camera learning rate per stage (official values)")
+    iterations: list[int] = option([50, 50, 50, 50], ge=0, min_length=1,
+                                   help="Adam steps per stage (official [50, 50, 50, 50])")
+    z_lrs: list[float] = option([1e-1, 5e-2, 1e-2, 5e-3], gt=0, help="latent learning rate per stage (official values)")
+    pose_lrs: list[float] = option([1e-2, 5e-3, 1e-3, 5e-4], gt=0,
+                                   help="camera learning rate per stage (official values)")
     lr_warmup_steps: int = option(
-        0, help="linear LR warm-up: LR x step/lr_warmup_steps while the 1-based step is below it (official 0 = off)")
-    betas: tuple[float, float] = option((0.0, 0.99), help="Adam betas (official (0, 0.99))")
-    adam_eps: float = option(1e-8, help="Adam epsilon (official 1e-8)")
+        0, ge=0,
+        help="linear LR warm-up: LR x step/lr_warmup_steps while the 1-based step is below it (official 0 = off)")
+    betas: tuple[float, float] = option((0.0, 0.99), ge=0, lt=1, help="Adam betas (official (0, 0.99))")
+    adam_eps: float = option(1e-8, gt=0, help="Adam epsilon (official 1e-8)")
     carry_optimizer_state: bool = option(
         False, help="keep the Adam state across instances, as the released code does (default: fresh per instance)")
     stale_outputs: bool = option(
@@ -67,30 +70,19 @@ class InversionConfig(LossConfig):
 
     # rendering
     render_size: int = option(
-        256, help="fit resolution in pixels (official 256); other sample sizes are resized for the fit only")
+        256, ge=16, multiple_of=4,
+        help="fit resolution in pixels (official 256); other sample sizes are resized for the fit only")
 
     # execution
     batch_invariant: Optional[bool] = option(
         None, help="run generator/VGG row by row so a batch equals separate runs bitwise; None = on for CPU only")
-    warmup_passes: int = option(1, help="untimed forward/backward passes in setup (kernel selection, allocator)")
+    warmup_passes: int = option(1, ge=0, help="untimed forward/backward passes in setup (kernel selection, allocator)")
 
     def __post_init__(self):
-        self.iterations = [int(i) for i in self.iterations]
-        self.z_lrs = [float(v) for v in self.z_lrs]
-        self.pose_lrs = [float(v) for v in self.pose_lrs]
-        self.betas = tuple(float(b) for b in self.betas)
-        super().__post_init__()
+        super().__post_init__()  # LossConfig's: every field's type and range (check_fields)
         stages = len(self.iterations)
-        require(stages > 0 and all(i >= 0 for i in self.iterations), "iterations",
-                "must be a non-empty list of step counts >= 0", self.iterations)
         require(len(self.z_lrs) == stages and len(self.pose_lrs) == stages, "z_lrs and pose_lrs",
                 f"need one value per stage of iterations ({stages})", (self.z_lrs, self.pose_lrs))
-        require(self.select_num >= 1, "select_num", "must be >= 1", self.select_num)
-        require(self.init_batch_size >= 1, "init_batch_size", "must be >= 1", self.init_batch_size)
-        require(self.render_size >= 16 and self.render_size % 4 == 0, "render_size",
-                "must be a multiple of 4 and >= 16", self.render_size)
-        require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
-                "must be two values in [0, 1)", self.betas)
 
     @property
     def total_steps(self) -> int:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.checkpoints import load_into, numpy_globals, read_state_dict
 from bench.errors import UserError
 from bench.manifest import sha256_file
 
@@ -262,45 +263,17 @@ def infer_texture_resolution(state_dict) -> int:
     return 128
 
 
-def _short_list(keys, limit: int = 4) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+def _read_checkpoint(path: Path) -> dict:
+    """The generator state dict of a checkpoint file (see :mod:`bench.checkpoints`).
 
-
-def _extract_state_dict(obj, path: Path) -> dict:
-    if isinstance(obj, dict) and "generator_running_avg" in obj:
-        obj = obj["generator_running_avg"]
-    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        found = _short_list(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise UserError(f"{path}: not a generator checkpoint (found {found}); {_EXPECTED_FORMAT}")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _numpy_scalar_globals() -> list:
-    """The numpy names a pickled numpy scalar needs (training curves of official checkpoints)."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    dtypes = [type(np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "bool")]
-    return [core.multiarray.scalar, np.dtype, *dtypes]
-
-
-def _load_checkpoint(path: Path):
-    """``torch.load(weights_only=True)``: tensors and plain containers (plus numpy scalars) only,
-    so a checkpoint file can never run code; anything else is a one-line :class:`UserError`."""
-    try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "weights only load failed" in msg.lower():
-            raise UserError(f"cannot read generator checkpoint {path}: it holds objects other than tensors, which "
-                            f"are never unpickled (weights_only=True); if you trust the file, save its "
-                            f"'generator_running_avg' entry alone with torch.save and pass that file") from None
-        raise UserError(f"cannot read generator checkpoint {path}: {type(exc).__name__}: {msg[:200]}") from None
+    ``torch.load(weights_only=True)``: tensors and plain containers only, plus numpy scalars
+    (:func:`bench.checkpoints.numpy_globals`: ``numpy.dtype``, its dtype classes and
+    ``numpy.core.multiarray.scalar``), which the training curves of the official
+    ``checkpoint_latest.pth`` hold; so a checkpoint file can never run code. The state dict is the
+    ``generator_running_avg`` entry of an official checkpoint, or the file itself.
+    """
+    return read_state_dict(path, "generator checkpoint", wrappers=("generator_running_avg",),
+                           hint=_EXPECTED_FORMAT, allow=numpy_globals())
 
 
 def _finish(model: Generator, device, label: str, sha256: str | None) -> Generator:
@@ -336,31 +309,14 @@ def load_generator(path, device="cpu", texture_resolution: int | None = None) ->
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"generator checkpoint not found: {path} (pass a checkpoint file or 'demo')")
-    state = _extract_state_dict(_load_checkpoint(path), path)
+    state = _read_checkpoint(path)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
     res = texture_resolution or infer_texture_resolution(state)
     if res not in TEXTURE_RESOLUTIONS:
         raise UserError(f"texture_resolution must be one of {TEXTURE_RESOLUTIONS}, got {res}")
     model = Generator(res)
-    expected = model.state_dict()
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_short_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_short_list(unexpected)}")
-        raise UserError(f"{path.name} does not match the generator (texture {res}): "
-                        f"{'; '.join(parts)}; {_EXPECTED_FORMAT}")
-    bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise UserError(f"{path.name}: shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, "
-                        f"generator (texture {res}) {tuple(expected[k].shape)}"
-                        + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "") + f"; {_EXPECTED_FORMAT}")
-    model.load_state_dict(state, strict=True)
+    load_into(model, state, str(path), f"generator (texture {res})", hint=_EXPECTED_FORMAT)
     return _finish(model, device, path.name, sha256_file(path))
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.config import option, require
+from bench.config import check_fields, option
 from bench.metrics.iou import mask_iou
 
 from .chamfer import GateParams, chamfer_sq, gated_chamfer, masked_mean
@@ -69,37 +69,34 @@ class LossConfig:
     Each field's help names the official argument and value.
     """
 
-    mask_loss_weight: float = option(10.0, help="weight of the Chamfer mask term (official chamfer_mask_loss_wt 10)")
+    mask_loss_weight: float = option(10.0, ge=0, help="weight of the Chamfer mask term (official chamfer_mask_loss_wt 10)")
     pixel_loss_weight: float = option(
-        1.0, help="weight of the pixel-level Chamfer texture term (official chamfer_texture_pixel_loss_wt 1)")
+        1.0, ge=0, help="weight of the pixel-level Chamfer texture term (official chamfer_texture_pixel_loss_wt 1)")
     feat_loss_weight: float = option(
-        0.04, help="weight of the feature-level Chamfer texture term (released code 0.04; the supplement states 0.05)")
-    nll_loss_weight: float = option(0.05, help="weight of the latent prior mean(z^2)/2 (official nll_loss_wt 0.05)")
+        0.04, ge=0, help="weight of the feature-level Chamfer texture term (released code 0.04; the supplement states 0.05)")
+    nll_loss_weight: float = option(0.05, ge=0, help="weight of the latent prior mean(z^2)/2 (official nll_loss_wt 0.05)")
     flat_loss_weight: float = option(
-        5e-5, help="weight of the ConvMesh flatness term, used only with mesh_regularization (official 5e-5)")
+        5e-5, ge=0, help="weight of the ConvMesh flatness term, used only with mesh_regularization (official 5e-5)")
     mask_loss: bool = option(True, help="use the Chamfer mask term (official: always on)")
     pixel_loss: bool = option(True, help="use the pixel-level Chamfer texture term (official: always on)")
     feat_loss: bool = option(True, help="use the feature-level Chamfer texture term; needs VGG19 (official: on)")
     nll_loss: bool = option(True, help="use the latent prior during optimisation (official: on)")
     mesh_regularization: bool = option(
         False, help="add the ConvMesh flatness term (official --mesh_regularization_loss, off)")
-    xy_threshold: float = option(0.16, help="xy distance gate of the texture Chamfer terms (official 0.16)")
-    xy_k: float = option(1.0, help="sharpness of the xy gate (official 1)")
-    xy_alpha: float = option(1.0, help="height of the xy gate (official 1)")
-    rgb_eps: float = option(1.0, help="colour/feature epsilon of the gated distance (official 1)")
+    xy_threshold: float = option(0.16, ge=0, help="xy distance gate of the texture Chamfer terms (official 0.16)")
+    xy_k: float = option(1.0, ge=0, help="sharpness of the xy gate (official 1)")
+    xy_alpha: float = option(1.0, ge=0, help="height of the xy gate (official 1)")
+    rgb_eps: float = option(1.0, ge=0, help="colour/feature epsilon of the gated distance (official 1)")
     subpool_threshold: float = option(
-        0.5, help="pooled-mask threshold of the feature-grid points of the feature term (official 0.5)")
-    mask_threshold: float = option(0.9, help="pixels with mask > this are Chamfer points (official 0.9)")
+        0.5, ge=0, le=1, help="pooled-mask threshold of the feature-grid points of the feature term (official 0.5)")
+    mask_threshold: float = option(0.9, ge=0, lt=1, help="pixels with mask > this are Chamfer points (official 0.9)")
     chamfer_resolution: int | None = option(
-        8192, help="random subsample size of each texture Chamfer point set (official 8192; None = no subsampling)")
+        8192, ge=1, help="random subsample size of each texture Chamfer point set (official 8192; None = no subsampling)")
     chunk_size: int | None = option(
-        None, help="rows per Chamfer distance block, a memory knob (None = automatic, chamfer.auto_chunk_size)")
+        None, ge=1, help="rows per Chamfer distance block, a memory knob (None = automatic, chamfer.auto_chunk_size)")
 
     def __post_init__(self):
-        require(self.chamfer_resolution is None or self.chamfer_resolution >= 1, "chamfer_resolution",
-                "must be >= 1 (or None)", self.chamfer_resolution)
-        require(self.chunk_size is None or self.chunk_size >= 1, "chunk_size", "must be >= 1 (or None)",
-                self.chunk_size)
+        check_fields(self)  # every field's type and range (its option(...))
 
     @property
     def gate(self) -> GateParams:

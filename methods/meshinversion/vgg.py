@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bench.checkpoints import check_state_dict, read_state_dict, require_string_keys
 from bench.errors import UserError
 from bench.weights import hub_checkpoint_dir, missing_weights_error, resolve_weights
 
@@ -48,6 +49,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _CONVS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256))
 _POOLS = (4, 9)
 N_LAYERS = 12
+_HINT = f"pass torchvision's ImageNet {VGG19_FILENAME} (a state dict with features.<i>.weight/bias)"
 _KEY = re.compile(r"^(?:features\.|vgg_slice\d+\.)?(\d+)\.(weight|bias)$")
 
 
@@ -109,22 +111,21 @@ class VGGRelu31(nn.Module):
         Also accepts the official sliced names ``vgg_slice<k>.<i>.*`` (as in loss_fixtures.npz).
         Missing keys or wrong shapes raise :class:`UserError`.
         """
-        own = self.features.state_dict()
+        require_string_keys(state, f"VGG19 weights {source}", _HINT)
+        own = {f"features.{k}": v for k, v in self.features.state_dict().items()}
         found: dict[str, Tensor] = {}
         for key, value in state.items():
             hit = _KEY.match(key)
-            name = f"{hit[1]}.{hit[2]}" if hit else None
+            name = f"features.{hit[1]}.{hit[2]}" if hit else None
             if name in own:
-                found[name] = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
-        missing = sorted(set(own) - set(found))
-        if missing:
-            raise UserError(f"VGG19 weights in {source} lack {', '.join('features.' + m for m in missing)}; "
-                            f"expected torchvision's {VGG19_FILENAME}")
-        for name, value in found.items():
-            if tuple(value.shape) != tuple(own[name].shape):
-                raise UserError(f"VGG19 weights in {source}: features.{name} has shape {tuple(value.shape)}, "
-                                f"expected {tuple(own[name].shape)}")
-        self.features.load_state_dict({k: v.to(own[k].dtype) for k, v in found.items()})
+                try:
+                    found[name] = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+                except (TypeError, ValueError, RuntimeError):
+                    raise UserError(f"VGG19 weights {source}: {key} is a {type(value).__name__}, not a tensor; "
+                                    f"{_HINT}") from None
+        check_state_dict(found, own, f"VGG19 weights {source}", "VGG19 relu3_1 features", hint=_HINT,
+                         allow_unexpected=True)
+        self.features.load_state_dict({k[len('features.'):]: v.to(own[k].dtype) for k, v in found.items()})
 
 
 def load_vgg19_relu3_1(path: str | Path | None = None, *, device: torch.device | str = "cpu",
@@ -140,16 +141,8 @@ def load_vgg19_relu3_1(path: str | Path | None = None, *, device: torch.device |
     if target is None:
         raise missing_weights_error(f"VGG19 ImageNet weights {default_vgg19_path()} (from {VGG19_URL})",
                                     VGG19_FILENAME, option, extra=disable_hint)
-    try:
-        try:  # zip-format files are memory-mapped: the classifier weights are never read
-            state = torch.load(target, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (pre-zip) format, as torchvision's 2017 vgg19 file
-            state = torch.load(target, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read VGG19 weights {target}: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}") from None
-    if not isinstance(state, Mapping):
-        raise UserError(f"VGG19 weights {target} are not a state dict ({type(state).__name__})")
+    # zip-format files are memory-mapped: the 120M classifier weights are never read
+    state = read_state_dict(target, "VGG19 weights", hint=_HINT, mmap=True)
     model = VGGRelu31()
     model.load_features_state_dict(state, source=str(target))
     return model.to(device)

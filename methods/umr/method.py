@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.config import option, require
+from bench.config import check_fields, option, require
 from bench.methods.cmr.method import FAST_TTO, CMRConfig, CMRTTOConfig, MeshNetMethod, MeshNetTTOMethod
 from bench.methods.umr.nets import UMRMeshNet
 
@@ -43,17 +43,17 @@ class UMROptions:
                                             "(UMR's multinomial draw, from the instance's seed: bench run --seed)")
     shape_code: str = option("mean", help="VAE code read by the shape head: mean (mu) or sample (mu + sigma*eps, "
                                           "eps drawn once per instance from its seed, fixed during TTO)")
-    frame_quaternion: list[float] = option(list(UMRMeshNet.frame_quaternion),
+    frame_quaternion: list[float] = option(list(UMRMeshNet.frame_quaternion), length=4,
                                            help="rotation (w, x, y, z) from UMR's object frame (mirror plane "
                                                 "y = 0) to the shared frame (mirror plane x = 0); default +90 deg "
                                                 "about z (UMR's up axis is undocumented: check against renders)")
 
     def __post_init__(self):
+        check_fields(self)  # types and the ranges stated in option(...)
         require(self.hypothesis in HYPOTHESIS_MODES, "hypothesis", "must be 'argmax' or 'sample'", self.hypothesis)
         require(self.shape_code in SHAPE_CODES, "shape_code", "must be 'mean' or 'sample'", self.shape_code)
         q = self.frame_quaternion
-        require(len(q) == 4 and sum(float(x) ** 2 for x in q) >= 1e-12, "frame_quaternion",
-                "must be 4 numbers (w, x, y, z), not all zero", q)
+        require(sum(x * x for x in q) >= 1e-12, "frame_quaternion", "must be 4 numbers (w, x, y, z), not all zero", q)
 
 
 @dataclass
@@ -69,8 +69,8 @@ class UMRConfig(UMROptions, CMRConfig):
 class UMRTTOConfig(UMROptions, CMRTTOConfig):
     """``umr-tto``: UMR + TTO (``cmr-tto``'s fields with UMR's loss weights, plus :class:`UMROptions`)."""
 
-    mask_weight: float = option(2.5, help="weight of the mask term 1 - soft IoU (UMR training weight 2.5)")
-    texture_weight: float = option(3.0, help="weight of the perceptual texture term (UMR training weight 3.0)")
+    mask_weight: float = option(2.5, ge=0, help="weight of the mask term 1 - soft IoU (UMR training weight 2.5)")
+    texture_weight: float = option(3.0, ge=0, help="weight of the perceptual texture term (UMR training weight 3.0)")
 
     def __post_init__(self):
         CMRTTOConfig.__post_init__(self)
