@@ -27,6 +27,11 @@ from bench.methods.meshinversion.vgg import vgg_from_fixture
 from bench.metrics.iou import mask_iou
 from bench.render.uvsphere import uvsphere_template
 
+# One intra-op thread: the parity is checked at a fixed float reduction order. With 2 threads the
+# step-4 teacher-forced rotation gradient lands 4 % above its tolerance (8.5e-5 vs 8.2e-5) on a
+# 2-core machine, a summation-order effect, not a different computation.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 GRADS = (("z", "grad_z"), ("scale", "grad_scale"), ("translation", "grad_translation"),
          ("rotation", "grad_rotation"))
 
