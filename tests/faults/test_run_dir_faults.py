@@ -345,17 +345,17 @@ def _wait_for_lock(run: Path, proc, timeout=120.0) -> None:
 
 def test_second_bench_run_on_one_out_is_refused(run_copy):
     cmd = [sys.executable, "-m", "bench.cli", "run", "--methods", "ours", *SMALL, "--out", str(run_copy),
-           "--limit", "3"]
+           "--limit", "4"]  # two instances to compute: time for the second command to meet the lock
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_lock(run_copy, first)
-        line = one_error_line(run_into(run_copy, "--limit", "3"))
+        line = one_error_line(run_into(run_copy, "--limit", "4"))
         assert f"pid {first.pid}" in line and "another bench run" in line
     finally:
         first.wait(timeout=600)
     assert first.returncode == 0, first.stderr
     recs = load_records(run_copy)
-    assert len(recs) == 3 and all(r["attempt"] == 1 for r in recs.values())
+    assert len(recs) == 4 and all(r["attempt"] == 1 for r in recs.values())
 
 
 def test_shard_processes_claim_instances(run_copy):
