@@ -12,6 +12,7 @@ serve the message shown to whoever finds it held.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -56,6 +57,19 @@ def _read_info(path: Path) -> dict:
         return info if isinstance(info, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive flock on ``path`` for the ``with`` block, waiting for it if another process
+    holds it (short critical sections: the manifest's read-merge-write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class RunLock:

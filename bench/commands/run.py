@@ -84,7 +84,7 @@ def run(ctx, config, methods, dataset, data_root, split, limit, device, out, bat
     from bench.config import parse_sets
     from bench.devices import parse_device
     from bench.errors import UserError
-    from bench.locks import RunLock
+    from bench.locks import RunLock, exclusive
     from bench.manifest import merge_manifest, new_manifest
     from bench.methods_spec import parse_methods
     from bench.run_config import merge_sets
@@ -136,7 +136,7 @@ def run(ctx, config, methods, dataset, data_root, split, limit, device, out, bat
     # One `bench run` per run directory; shard processes share it and coordinate per instance instead.
     lock = RunLock(out).acquire() if shard_pair is None else None
     try:
-        with manifest_update(out):
+        with exclusive(out / ".manifest.lock"):  # the read-merge-write of processes sharing the run
             previous = run_dir.read_manifest() if run_dir.exists() else None
             run_dir.write_manifest(merge_manifest(previous, manifest, out,
                                                   has_records=lambda m: bool(run_dir.records(m))))
@@ -213,24 +213,6 @@ def check_out_path(out: Path) -> None:
                 raise UserError(f"--out {out}: {part} is a file, not a folder; choose another --out")
         except OSError as err:
             raise UserError(f"--out {out}: {os.strerror(err.errno or 0)}; choose another --out") from None
-
-
-def manifest_update(out: Path):
-    """Serialise the manifest's read-merge-write between processes sharing a run directory."""
-    import contextlib
-    import fcntl
-    import os
-
-    @contextlib.contextmanager
-    def locked():
-        fd = os.open(out / ".manifest.lock", os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    return locked()
 
 
 def _check_orphan_records(run_dir, ds, described: dict, seed: int, profile: str) -> None:
