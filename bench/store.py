@@ -125,6 +125,14 @@ def manifest_problem(manifest) -> str | None:
     return None
 
 
+def move_aside(path: Path, folder: Path) -> Path:
+    """Move a damaged file into ``folder`` as ``<name>.<time>.<pid>`` (kept, never deleted)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+    os.replace(path, dest)
+    return dest
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -256,10 +264,8 @@ class RunDir:
 
     def quarantine_record(self, path: Path, method: str, problem: str) -> Path | None:
         """Move a damaged record to ``records/<method>/.damaged/`` (never deleted) and warn."""
-        dest = self.damaged_dir(method) / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dest)
+            dest = move_aside(path, self.damaged_dir(method))
         except FileNotFoundError:
             return None
         self.warn(f"damaged record {path} ({problem}) moved to {dest}; the instance counts as not done and "

@@ -13,26 +13,17 @@ Exit 0 when the run directory is sound afterwards, 1 when something could not be
 """
 from __future__ import annotations
 
-import os
 import sys
-import time
 from pathlib import Path
 
 import click
-
-
-def _aside(path: Path, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
-    os.replace(path, dest)
-    return dest
 
 
 def repair_run(root: Path, say=click.echo) -> bool:
     """Repair the run directory at ``root``; returns whether it is sound afterwards."""
     from bench.errors import UserError
     from bench.locks import RunLock
-    from bench.store import ArtifactError, RunDir
+    from bench.store import ArtifactError, RunDir, move_aside
 
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; pass a run directory written by `bench run`")
@@ -47,7 +38,7 @@ def repair_run(root: Path, say=click.echo) -> bool:
         if problem or manifest is None:
             backup, backup_problem = run.load_manifest_file(run.manifest_backup_path)
             if run.manifest_path.exists():
-                dest = _aside(run.manifest_path, root / "logs" / "damaged")
+                dest = move_aside(run.manifest_path, root / "logs" / "damaged")
                 say(f"manifest.json was damaged ({problem}); moved to {dest}")
             if backup_problem is None:
                 run.write_manifest(backup)
@@ -77,7 +68,7 @@ def repair_run(root: Path, say=click.echo) -> bool:
         for path in sorted((root / "metrics").glob("*.json")):
             _, problem = run.load_metrics_file(path)
             if problem:
-                dest = _aside(path, root / "metrics" / ".damaged")
+                dest = move_aside(path, root / "metrics" / ".damaged")
                 say(f"{path} was damaged ({problem}); moved to {dest}; `bench eval {root} --metrics {path.stem}` "
                     "computes it again")
     return sound
