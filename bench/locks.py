@@ -30,10 +30,15 @@ def holder_info() -> dict:
             "command": " ".join(["bench", *sys.argv[1:]])[:300]}
 
 
+def _open(path: Path) -> int:
+    """An fd of the lock file ``path`` (created, with its folder, if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+
+
 def _try_lock(path: Path) -> int | None:
     """An fd holding an exclusive flock on ``path`` (created if needed), or None if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -63,8 +68,7 @@ def _read_info(path: Path) -> dict:
 def exclusive(path: Path):
     """Hold an exclusive flock on ``path`` for the ``with`` block, waiting for it if another process
     holds it (short critical sections: the manifest's read-merge-write)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

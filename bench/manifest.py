@@ -148,7 +148,7 @@ def merge_manifest(old: dict | None, new: dict, run_dir, has_records=lambda meth
         return new
     old_ds = {k: v for k, v in old.get("dataset", {}).items() if k != "instances"}
     new_ds = {k: v for k, v in new.get("dataset", {}).items() if k != "instances"}
-    diff = _differences({**old, "dataset": old_ds}, {**new, "dataset": new_ds}, ("dataset", "seed", "profile"))
+    diff = _differences({**old, "dataset": old_ds}, {**new, "dataset": new_ds}, PROTOCOL_KEYS)
     if diff:
         raise UserError(f"{run_dir} was made under another protocol ({diff}); use another --out, or the same "
                         "settings to resume")

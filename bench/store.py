@@ -133,6 +133,24 @@ def move_aside(path: Path, folder: Path) -> Path:
     return dest
 
 
+def metrics_problem(doc) -> str | None:
+    """Why ``doc`` is not a usable metric file of `bench eval` (None when it is)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("methods"), dict):
+        return "no 'methods' table"
+    return None
+
+
+def read_checked(path: Path, problem_of: Callable[[Any], str | None]) -> tuple[Any, str | None]:
+    """``(parsed JSON, None)``, or ``(None, why it is unusable)``: unreadable, not JSON, or what
+    ``problem_of`` (e.g. :func:`manifest_problem`, :func:`metrics_problem`) says of it."""
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError) as err:
+        return None, str(err)
+    problem = problem_of(doc)
+    return (None, problem) if problem else (doc, None)
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -219,20 +237,11 @@ class RunDir:
                                 "restores it from its copy in logs/")
             raise UserError(f"{self.root} is not a run directory (no manifest.json); "
                             "pass a folder written by `bench run`")
-        manifest, problem = self.load_manifest_file(self.manifest_path)
+        manifest, problem = read_checked(self.manifest_path, manifest_problem)
         if problem:
             raise UserError(f"{self.manifest_path} is damaged ({problem}); `bench repair {self.root}` restores it "
                             "from its copy in logs/")
         return manifest
-
-    @staticmethod
-    def load_manifest_file(path: Path) -> tuple[dict | None, str | None]:
-        """``(manifest, None)``, or ``(None or the parsed JSON, why it is unusable)``."""
-        try:
-            manifest = read_json(path)
-        except (OSError, ValueError) as err:
-            return None, str(err)
-        return manifest, manifest_problem(manifest)
 
     def write_manifest(self, manifest: dict) -> None:
         """The manifest and its copy in logs/ (keeps the --methods order)."""
@@ -388,23 +397,12 @@ class RunDir:
             return {}
         out = {}
         for path in sorted(folder.glob("*.json")):
-            doc, problem = self.load_metrics_file(path)
+            doc, problem = read_checked(path, metrics_problem)
             if problem:
                 raise UserError(f"{path} is damaged ({problem}); `bench repair {self.root}` moves it aside, then "
                                 f"`bench eval {self.root} --metrics {path.stem}` computes it again")
             out[path.stem] = doc
         return out
-
-    @staticmethod
-    def load_metrics_file(path: Path) -> tuple[dict | None, str | None]:
-        """``(metric file, None)``, or ``(None, why it is unusable)``."""
-        try:
-            doc = read_json(path)
-        except (OSError, ValueError) as err:
-            return None, str(err)
-        if not isinstance(doc, dict) or not isinstance(doc.get("methods"), dict):
-            return None, "no 'methods' table"
-        return doc, None
 
 
 # ---------------------------------------------------------------------------------------------

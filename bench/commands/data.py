@@ -45,12 +45,11 @@ def check(dataset_name: str, data_root: str, split: str | None):
         raise UserError(f"data root {data_root} does not exist or is not a folder")
     rows, count = cls.check_layout(data_root, split)
     for row in rows:
-        problem = getattr(row, "problem", "")
-        status = ("UNREADABLE" if problem else "ok") if row.present else (
+        status = ("UNREADABLE" if row.problem else "ok") if row.present else (
             "MISSING" if row.required else "absent (optional)")
         click.echo(f"{status:<18} {row.path}  {row.detail}")
     missing = [r for r in rows if r.required and not r.present]
-    bad = [r for r in rows if r.present and getattr(r, "problem", "")]
+    bad = [r for r in rows if r.present and r.problem]
     click.echo(f"instances: {count if count is not None else 'unknown (index files missing or unreadable)'}")
     if bad:  # files a run would read but cannot use: one line, exit 2
         more = f" (+{len(bad) - 1} more unreadable: {', '.join(r.path for r in bad[1:])})" if len(bad) > 1 else ""

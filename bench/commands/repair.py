@@ -23,7 +23,7 @@ def repair_run(root: Path, say=click.echo) -> bool:
     """Repair the run directory at ``root``; returns whether it is sound afterwards."""
     from bench.errors import UserError
     from bench.locks import RunLock
-    from bench.store import ArtifactError, RunDir, move_aside
+    from bench.store import ArtifactError, RunDir, manifest_problem, metrics_problem, move_aside, read_checked
 
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; pass a run directory written by `bench run`")
@@ -34,9 +34,9 @@ def repair_run(root: Path, say=click.echo) -> bool:
     with RunLock(root):  # refuses while a bench run writes here
         run = RunDir(root, warn=lambda message: say(f"moved aside: {message}"))
         # the manifest
-        manifest, problem = run.load_manifest_file(run.manifest_path)
-        if problem or manifest is None:
-            backup, backup_problem = run.load_manifest_file(run.manifest_backup_path)
+        manifest, problem = read_checked(run.manifest_path, manifest_problem)
+        if problem:
+            backup, backup_problem = read_checked(run.manifest_backup_path, manifest_problem)
             if run.manifest_path.exists():
                 dest = move_aside(run.manifest_path, root / "logs" / "damaged")
                 say(f"manifest.json was damaged ({problem}); moved to {dest}")
@@ -66,7 +66,7 @@ def repair_run(root: Path, say=click.echo) -> bool:
             say(f"removed {removed} temp file(s) left by killed writers")
         # corpus metric files
         for path in sorted((root / "metrics").glob("*.json")):
-            _, problem = run.load_metrics_file(path)
+            _, problem = read_checked(path, metrics_problem)
             if problem:
                 dest = move_aside(path, root / "metrics" / ".damaged")
                 say(f"{path} was damaged ({problem}); moved to {dest}; `bench eval {root} --metrics {path.stem}` "
