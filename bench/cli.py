@@ -16,6 +16,7 @@ from bench.errors import UserError, os_error_message
 COMMANDS = {
     "run": ("bench.commands.run:run", "Run methods on a dataset into a run directory (resumable, sharded)."),
     "report": ("bench.commands.report:report", "Comparison table, plots and protocol summary of runs."),
+    "diff": ("bench.commands.diff:diff", "Differences of two runs: protocol, per-metric deltas with CIs, top changes."),
     "eval": ("bench.commands.eval:eval_cmd", "Corpus-level metrics (FID_1/10/12, KID, 3D) of a run."),
     "ls": ("bench.commands.ls:ls", "List registered methods, datasets and metrics."),
     "sample": ("bench.commands.sample:sample", "Sample meshes from the generator (.obj + texture + views)."),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -71,14 +72,69 @@ def git_hash() -> str | None:
         return None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` says)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None
+
+
+def gpu_driver() -> str | None:
+    """NVIDIA driver version from ``nvidia-smi`` (None without one)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+def hardware(device: str) -> dict:
+    """What timings depend on: CPU model and cores (all and usable), GPU name and driver, torch/CUDA."""
+    hw = {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores(), "gpu": None,
+          "gpu_driver": None, "torch": None, "cuda": None}
+    try:
+        import torch
+
+        hw["torch"], hw["cuda"] = torch.__version__, torch.version.cuda
+        if device.startswith("cuda") and torch.cuda.is_available():
+            index = torch.device(device).index or 0
+            hw["gpu"], hw["gpu_driver"] = torch.cuda.get_device_name(index), gpu_driver()
+    except ImportError:  # pragma: no cover
+        pass
+    return hw
+
+
 def environment(device: str) -> dict:
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "device": device,
-           "packages": package_versions(), "git": git_hash()}
+           "packages": package_versions(), "git": git_hash(), "hardware": hardware(device)}
     try:
         import torch
 
         if device.startswith("cuda") and torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name(0)
+            env["gpu"] = env["hardware"]["gpu"]
             env["cuda"] = torch.version.cuda
         env["torch_threads"] = torch.get_num_threads()
     except ImportError:  # pragma: no cover
@@ -86,12 +142,33 @@ def environment(device: str) -> dict:
     return env
 
 
+def new_run_id(created: str, command: list[str]) -> str:
+    """A run's identity: its creation time (UTC, to the second) and 6 hex digits of a hash of the time,
+    host, process, command and a random salt, e.g. ``20261202T035111-3fa2c1``. Copies of a run
+    directory share it; two runs never do."""
+    salt = f"{created}|{platform.node()}|{os.getpid()}|{command}|{os.urandom(8).hex()}"
+    stamp = created.replace("-", "").replace(":", "").split("+")[0]
+    return f"{stamp}-{hashlib.sha256(salt.encode()).hexdigest()[:6]}"
+
+
+def run_id_of(manifest: dict) -> str:
+    """The manifest's ``run_id``; for a run made before ids existed, one derived from its creation
+    time and command (stable across reads)."""
+    if manifest.get("run_id"):
+        return str(manifest["run_id"])
+    created = str(manifest.get("created", ""))
+    digest = hashlib.sha256(f"{created}|{manifest.get('command')}".encode()).hexdigest()[:6]
+    return f"{created.replace('-', '').replace(':', '').split('+')[0] or 'unknown'}-{digest}"
+
+
 def new_manifest(*, dataset: dict, methods: dict, metrics: dict, device: str, seed: int, profile: str,
                  limit: int | None, command: list[str], run_config: dict | None = None) -> dict:
     """The manifest of one ``bench run`` invocation (``run_config``: the ``--config`` file, if any)."""
     extra = {"run_config": {k: v for k, v in run_config.items() if k != "sets"}} if run_config else {}
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": new_run_id(created, command),
+        "created": created,
         "command": command,
         "dataset": dataset,
         "methods": methods,
@@ -119,12 +196,13 @@ def changed_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
 def _differences(old: dict, new: dict, keys, prefix: str = "") -> str:
     parts = []
     for name in changed_fields({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}):
-        a, b = _lookup(old, name), _lookup(new, name)
+        a, b = lookup(old, name), lookup(new, name)
         parts.append(f"{prefix}{name} {a!r} → {b!r}")
     return "; ".join(parts)
 
 
-def _lookup(d: dict, dotted: str):
+def lookup(d: dict, dotted: str):
+    """The value at dotted name ``dotted`` of a nested dict (None where a part is missing)."""
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
@@ -160,6 +238,7 @@ def merge_manifest(old: dict | None, new: dict, run_dir, has_records=lambda meth
             raise UserError(f"{run_dir} holds records of {name!r} made with other settings ({diff}); use another "
                             "--out, or name a variant (e.g. --methods ours@v2 --set ours@v2.KEY=VALUE)")
     merged = dict(old)
+    merged["run_id"] = run_id_of(old)
     merged["methods"] = {**old.get("methods", {}), **new["methods"]}
     merged["metrics"] = {**old.get("metrics", {}), **new.get("metrics", {})}
     merged["limit"] = _limit(old.get("limit"), new.get("limit"))

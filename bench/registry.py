@@ -35,11 +35,13 @@ class Column:
             method); dotted for nested values (``total.median``).
         name: column name in ``bench report`` tables.
         higher_is_better: direction (None: neither, e.g. a count or throughput context).
+        unit: unit of the value for table headers and plot axes ("" for a pure number).
     """
 
     key: str
     name: str
     higher_is_better: bool | None = None
+    unit: str = ""
 
     def read(self, values: dict) -> Any:
         """The value of this column in one method's values (None when absent)."""
@@ -120,7 +122,7 @@ BUILTIN: dict[str, tuple[Entry, ...]] = {
                 level="instance", columns=[("iou", "iou", HIGHER)]),
         _metric("latency", "bench.metrics.latency:LatencyMetric",
                 "per-instance wall and optimisation time (summary of the records' timings)",
-                columns=[("instances_per_s", "inst_per_s", HIGHER)]),
+                columns=[("instances_per_s", "inst_per_s", HIGHER, "1/s")]),
         _metric("fid1", "bench.metrics.fid:FID1Metric", "FID of masked input vs input-view render (black bg)",
                 columns=[("fid", "fid1", LOWER), ("kid_mean", "kid1", LOWER)]),
         _metric("fid10", "bench.metrics.fid:FID10Metric", "FID of 10 canonical views (white bg) vs reference stats",
@@ -131,7 +133,7 @@ BUILTIN: dict[str, tuple[Entry, ...]] = {
         _metric("shape3d", "bench.metrics.shape3d:Shape3DMetric",
                 "synthetic GT only: Chamfer-L2, F-score, latent error, PSNR/SSIM of canonical views",
                 columns=[("chamfer_l2", "chamfer_l2", LOWER), ("fscore", "fscore", HIGHER),
-                         ("latent_error", "latent_err", LOWER), ("psnr", "psnr", HIGHER), ("ssim", "ssim", HIGHER)],
+                         ("latent_error", "latent_err", LOWER), ("psnr", "psnr", HIGHER, "dB"), ("ssim", "ssim", HIGHER)],
                 synthetic_only=True),
     ),
 }

@@ -18,7 +18,7 @@ from bench import registry
 from bench.config import build_config
 from bench.errors import UserError
 from bench.failures import find_non_finite, isolate_failures
-from bench.manifest import protocol_hash
+from bench.manifest import load_average, protocol_hash, usable_cores
 from bench.methods_spec import base_name
 from bench.store import RunDir
 
@@ -113,6 +113,8 @@ class Worker:
         self.dataset, self.methods = dataset, methods
         self.metrics = [entry.load()() for entry in registry.metrics("instance")]
         self.protocols: dict[str, str] = {}
+        self.load_at_start: float | None = None  # 1-minute load average when the current batch started
+        self.cores = usable_cores()
 
     def shard_ids(self) -> set[str]:
         return {self.dataset.instance_id(i) for i in self.indices()}
@@ -189,6 +191,7 @@ class Worker:
             with progress_bar(enabled=self.progress) as bar:
                 task = bar.add_task(f"{method.name} on {self.dataset.name}", total=len(indices))
                 for batch in self.loader(indices):
+                    self.load_at_start = load_average()
                     claimed = [s for s in batch if mine(s)]
                     counts["skipped"] += len(batch) - len(claimed)
                     samples = [s for s in claimed if not isinstance(s, FailedSample)]
@@ -211,12 +214,15 @@ class Worker:
     def runtime(self, method: str) -> dict:
         """How a record was made: shard, host, process, device, and the protocol hash of its method
         (`bench.manifest.protocol_hash`: a run directory that lost its manifest can still be checked)."""
+        import torch
+
         return {"shard": self.shard, "num_shards": self.num_shards, "host": socket.gethostname(), "pid": os.getpid(),
-                "finished": time.time(), "device": self.opts.device, "protocol": self.protocols.get(method)}
+                "finished": time.time(), "device": self.opts.device, "protocol": self.protocols.get(method),
+                "load_at_start": self.load_at_start, "cores": self.cores, "threads": torch.get_num_threads()}
 
     def write_failure(self, method: str, instance: str, index: int, error: str) -> None:
         log.warning("%s %s failed: %s", method, instance, error)
-        self.run.write_failure(method, instance, index, error, self.runtime(method))
+        self.run.write_failure(method, instance, index, error, self.runtime(method), self.dataset.source(index))
 
     def write_result(self, method: str, sample, recon) -> bool:
         """Store one reconstruction (or its failure); returns whether it succeeded."""
@@ -236,6 +242,6 @@ class Worker:
         for metric in self.metrics:
             metrics.update(metric.instance(sample, recon))
         self.run.write_result(method, sample, recon, metrics, self.runtime(method),
-                              default_batch_size=self.opts.batch_size)
+                              default_batch_size=self.opts.batch_size, source=self.dataset.source(sample.index))
         log.info("%s %s ok %s", method, sample.id, {k: round(v, 4) for k, v in metrics.items()})
         return True

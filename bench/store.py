@@ -304,25 +304,27 @@ class RunDir:
         rec = self.read_record(method, instance)
         return None if rec is None else rec.get("status")
 
-    def _record_head(self, method: str, instance: str, index: int, runtime: dict) -> dict:
+    def _record_head(self, method: str, instance: str, index: int, runtime: dict, source: str | None) -> dict:
         prev = self.read_record(method, instance)
-        return {"method": method, "instance": instance, "index": index,
+        return {"method": method, "instance": instance, "index": index, "source": source,
                 "attempt": (prev or {}).get("attempt", 0) + 1, "runtime": runtime}
 
-    def write_failure(self, method: str, instance: str, index: int, error: str, runtime: dict) -> None:
-        """The record of an instance that failed (loading, reconstruction or non-finite output)."""
-        self.write_record({**self._record_head(method, instance, index, runtime), "status": "failed",
+    def write_failure(self, method: str, instance: str, index: int, error: str, runtime: dict,
+                      source: str | None = None) -> None:
+        """The record of an instance that failed (loading, reconstruction or non-finite output);
+        ``source``: the dataset's `source` of the instance (its image file)."""
+        self.write_record({**self._record_head(method, instance, index, runtime, source), "status": "failed",
                            "error": error, "metrics": {}, "timings": {}})
 
     def write_result(self, method: str, sample, recon, metrics: dict, runtime: dict,
-                     default_batch_size: int = 1) -> dict:
+                     default_batch_size: int = 1, source: str | None = None) -> dict:
         """Store one reconstruction: artifact, input-view PNG, then the record (which marks it done)."""
         artifact = self.save_artifact(method, sample.id, artifact_payload(method, sample, recon))
         render = self.render_path(method, sample.id)
         atomic_write_bytes(render, input_view_png(sample, recon))
         info = dict(recon.info)
         record = {
-            **self._record_head(method, sample.id, sample.index, runtime),
+            **self._record_head(method, sample.id, sample.index, runtime, source),
             "status": "ok",
             "error": None,
             "metrics": metrics,

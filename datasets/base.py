@@ -83,6 +83,11 @@ class Dataset(torch.utils.data.Dataset):
     def load(self, i: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def source(self, i: int) -> str | None:
+        """Where instance ``i`` comes from (its image file, or how it was made), stored in its record so
+        that every number can be traced back; cheap (no loading). Default: None."""
+        return None
+
     def __getitem__(self, i: int) -> Sample | FailedSample:
         from bench.failures import describe_exception
         from bench.seeds import instance_seed

@@ -76,6 +76,9 @@ class CMRFormatDataset(Dataset):
     def image_path(self, i: int) -> Path:
         return self.images_dir / self.records[i]["rel_path"]
 
+    def source(self, i: int) -> str:
+        return str(self.image_path(i))
+
     def class_id(self, i: int) -> int:
         """0-based class of instance ``i`` (default: 0, a single category)."""
         return 0

@@ -110,6 +110,9 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.config.n
 
+    def source(self, i: int) -> str:
+        return f"synthetic scene {i} (scene seed {self.scene_seed}, {self.generator_label})"
+
     @property
     def generator(self):
         if self._generator is None:

@@ -44,7 +44,11 @@ class EvalOptions:
     kid_subsets: int = option(100, ge=1, help="number of KID subsets")
     kid_subset_size: int = option(1000, help="upper bound of the KID subset size (each subset: min(n_fake, n_real, "
                                   "this) images; torch-fidelity's 1000)", ge=2)
-    seed: int = option(2020, ge=0, lt=2 ** 32, help="KID subset sampling seed (torch-fidelity's 2020)")
+    seed: int = option(2020, ge=0, lt=2 ** 32, help="seed of the KID subset sampling (torch-fidelity's 2020) and of "
+                       "the FID bootstrap")
+    fid_bootstrap: int = option(0, ge=0, help="FID_1/10/12 95% confidence interval: N bootstrap resamples "
+                                "over instances (percentile interval shifted by the bootstrap bias), seeded by --seed "
+                                "(0: off; at least 10)")
     fscore_threshold: float = option(0.05, help="shape3d F-score threshold, fraction of the normalised ground "
                                      "truth's bounding-box diagonal", gt=0, le=1)
     num_points: int = option(10000, ge=1, help="shape3d: points sampled on each surface for Chamfer-L2 / F-score")
@@ -60,6 +64,8 @@ class EvalOptions:
         require(bool(self.fid_extractor), "fid_extractor", "must name an extractor", self.fid_extractor)
         require(self.fid10_views in FID10_OPTIONS, "fid10_views", f"must be one of {', '.join(FID10_OPTIONS)}",
                 self.fid10_views)
+        require(self.fid_bootstrap == 0 or self.fid_bootstrap >= 10, "fid_bootstrap",
+                "must be 0 (off) or at least 10 resamples (fewer give no usable 95% interval)", self.fid_bootstrap)
         self.device = parse_device(self.device, require_visible=False, option="device")
 
 

@@ -18,6 +18,10 @@ Protocols (MeshInversion ``run_evaluation.py``, spec §e; every option is record
 * **KID** next to each FID (torch-fidelity's polynomial-kernel unbiased MMD, ``kid_subsets``
   subsets of size ``min(n_fake, n_real, 1000)``). Not available against an ``.npz`` reference
   (statistics only, no features).
+* **95 % interval** of each FID with ``--fid-bootstrap N`` (default 0: off): ``fid_ci`` beside
+  ``fid``, a bootstrap over **instances** seeded by ``--seed`` (percentile interval shifted by the
+  bootstrap bias, as :meth:`bench.metrics.distance.InstanceBootstrap.interval` explains): FID_1 resamples an instance's real and fake
+  image together, FID_10/12 all views of a drawn instance, against the same fixed reference.
 
 The parts, one module each: the PNGs (:mod:`bench.metrics.views`, under ``RUN/fid/``, written once
 and reused), their features (:mod:`bench.metrics.features`, cached per extractor, weights and image
@@ -29,8 +33,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from bench.metrics.base import EvalContext, Metric
-from bench.metrics.distance import fid_from_features, fid_from_statistics, kid_or_none
+from bench.metrics.distance import (BOOTSTRAP_METHOD, fid_bootstrap_ci, fid_from_features, fid_from_statistics,
+                                    kid_or_none)
 from bench.metrics.features import FeatureCache
 from bench.metrics.reference import ReferenceSource, statistics_from_features
 from bench.metrics.views import FID12_ANGLES, ViewRenderer, fid10_angles, views_protocol
@@ -56,6 +63,34 @@ def _counts(ctx: EvalContext, method: str) -> dict:
     return {"n_instances": len(ctx.ok_records(method)), "n_failed": len(ctx.failed_records(method))}
 
 
+#: Confidence level of ``fid_ci``.
+CI_LEVEL = 0.95
+
+
+def _view_groups(images, records: list[dict], angles) -> np.ndarray:
+    """Instance index of each canonical-view image: `ViewRenderer.view_images` lists them
+    instance-major (ok records in order), then angle, ``len(angles)`` per instance (checked on the names)."""
+    k = len(angles)
+    names = [p.name for p in images]
+    expected = [f"{rec['instance']}_{int(a):03d}.png" for rec in records for a in angles]
+    assert names == expected, "canonical views are not ordered per instance, then angle"
+    return np.repeat(np.arange(len(records)), k)
+
+
+def _bootstrap(ctx: EvalContext, method: str, fake, *, real=None, reference=None, groups=None) -> dict:
+    """``{"fid_ci": {...}}`` with ``--fid-bootstrap N`` (N > 0); ``{}`` when off; only a ``fid_ci_note``
+    below 2 instances (one instance resamples to itself: no interval)."""
+    n = ctx.options.fid_bootstrap
+    if not n:
+        return {}
+    n_instances = len(fake) if groups is None else int(np.max(groups)) + 1
+    if n_instances < 2:
+        return {"fid_ci_note": "no fid_ci: the bootstrap needs at least 2 instances"}
+    tick = ctx.ticker(f"{method}: FID bootstrap", n)
+    return {"fid_ci": fid_bootstrap_ci(fake, real, reference=reference, groups=groups, resamples=n,
+                                       seed=ctx.options.seed, level=CI_LEVEL, tick=tick)}
+
+
 class _FIDBase(Metric):
     kind = ""  # its registry name (fid1, fid10, fid12): the key of its results in ctx.cache
 
@@ -74,7 +109,9 @@ class _FIDBase(Metric):
         opts = ctx.options
         return {**parts.features.extractor.describe(), "device": opts.device, "batch_size": opts.batch_size,
                 "kid": {"subsets": opts.kid_subsets, "max_subset_size": opts.kid_subset_size, "seed": opts.seed,
-                        "kernel": "poly(degree 3, gamma 1/D, coef0 1)"}}
+                        "kernel": "poly(degree 3, gamma 1/D, coef0 1)"},
+                "fid_bootstrap": {"resamples": opts.fid_bootstrap, "seed": opts.seed, "level": CI_LEVEL,
+                                  "method": BOOTSTRAP_METHOD, "rng": "numpy.random.default_rng(seed)"}}
 
     def corpus(self, ctx: EvalContext) -> dict:
         self.check(ctx)
@@ -97,7 +134,9 @@ class FID1Metric(_FIDBase):
         if len(fake) < 2:
             return {**out, "fid": None, "note": "FID needs at least 2 ok instances"}
         fr, ff = parts.features.features(real), parts.features.features(fake)
-        return {**out, "fid": fid_from_features(ff, fr), **kid_or_none(ff, fr, ctx.options)}
+        out = {**out, "fid": fid_from_features(ff, fr), **kid_or_none(ff, fr, ctx.options)}
+        # real row i and fake row i are the same instance (fid1_images: one pair per ok record)
+        return {**out, **_bootstrap(ctx, method, ff, real=fr)}
 
     def protocol(self, ctx, parts):
         return {**super().protocol(ctx, parts), "images": "input x mask vs input-view render x render mask, "
@@ -120,6 +159,8 @@ class _ViewsFID(_FIDBase):
                     "note": out.get("note", "FID needs at least 2 images")}
         feats = parts.features.features(images)
         out["fid"] = fid_from_statistics(statistics_from_features(feats), ref.statistics)
+        out.update(_bootstrap(ctx, method, feats, reference=ref.statistics,
+                              groups=_view_groups(images, ctx.ok_records(method), angles)))
         if ref.features is not None:
             out.update(kid_or_none(feats, ref.features, ctx.options))
         else:

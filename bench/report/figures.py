@@ -1,0 +1,120 @@
+"""Figures fit for a paper (matplotlib; PNG and PDF of each).
+
+* :func:`quantity_figure` — one quantity per figure, one panel per dataset: every instance as a
+  jittered dot per (run, method), the mean with its 95 % bootstrap CI as a black error bar, n in each
+  tick label and the legend; the y axis starts at 0 for IoU, latency and errors (IoU ends at 1)
+  unless ``zoom``.
+* :func:`paired_figure` — instance-wise A vs B of one quantity on the instances both finished, with
+  the diagonal y = x (points above it: B higher).
+
+Warnings (protocol differences) go into every figure's title.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("png", "pdf")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    from bench.store import atomic_write_bytes
+
+    import io
+
+    paths = []
+    for ext in FORMATS:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
+        path = out_dir / f"{stem}.{ext}"
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def _title(text: str, warnings: list[str]) -> str:
+    return text + "".join(f"\n{w}" for w in warnings)
+
+
+def quantity_figure(frame, stats, quantity, out_dir: Path, warnings: list[str], zoom: bool = False,
+                    seed: int = 0) -> list[Path]:
+    """The per-instance distribution of ``quantity`` per (run, method), one panel per dataset."""
+    plt = _pyplot()
+    ok = frame[(frame.status == "ok") & frame[quantity.column].notna()] if quantity.column in frame else frame.iloc[:0]
+    if ok.empty:
+        return []
+    datasets = list(dict.fromkeys(ok["dataset"]))
+    several_runs = ok["run_key"].nunique() > 1
+    groups_per = {d: list(ok[ok.dataset == d].groupby(["run_key", "run", "method"], sort=False).groups)
+                  for d in datasets}
+    width = max(4.5, max(1.3 * len(g) for g in groups_per.values()) * len(datasets))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(width, 4.2), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for ax, dataset in zip(axes[0], datasets):
+        names = []
+        for x, (key, run, method) in enumerate(groups_per[dataset]):
+            values = ok[(ok.run_key == key) & (ok.method == method)][quantity.column].to_numpy(float)
+            name = f"{run}/{method}" if several_runs else method
+            names.append(f"{name}\n(n={len(values)})")
+            ax.scatter(x + rng.uniform(-0.18, 0.18, len(values)), values, s=14, alpha=0.55, color=f"C{x % 10}",
+                       label=f"{name}: instances (n={len(values)})", zorder=2)
+            s = stats[(stats.run_key == key) & (stats.method == method) & (stats.quantity == quantity.name)]
+            if not s.empty:
+                mean, low, high = (float(s.iloc[0][k]) for k in ("mean", "ci_low", "ci_high"))
+                err = None if not (math.isfinite(low) and math.isfinite(high)) else [[mean - low], [high - mean]]
+                ax.errorbar([x + 0.32], [mean], yerr=err, fmt="D", color="black", markersize=5, capsize=4,
+                            zorder=3, label="mean with 95% bootstrap CI" if x == 0 else None)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        ax.set_xlabel("method (one dot per instance)")
+        ax.set_ylabel(quantity.axis_label)
+        ax.set_title(f"dataset: {dataset}", fontsize=9)
+        if quantity.from_zero and not zoom:
+            top = 1.0 if quantity.name == "iou" else None
+            ax.set_ylim(bottom=0, top=top if top is not None else max(ax.get_ylim()[1], 0) * 1.05 or 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: never over the data
+    fig.suptitle(_title(f"{quantity.axis_label} per instance", warnings), fontsize=10)
+    fig.tight_layout()
+    paths = _save(fig, out_dir, quantity.name)
+    plt.close(fig)
+    return paths
+
+
+def paired_figure(frame, quantity, a: tuple[int, str, str], b: tuple[int, str, str], out_dir: Path,
+                  warnings: list[str], name_a: str, name_b: str, stem: str) -> list[Path]:
+    """Scatter of ``quantity`` per common instance: x = group ``a`` (run_key, run, method), y = ``b``."""
+    plt = _pyplot()
+    ok = frame[frame.status == "ok"]
+    sa, sb = (ok[(ok.run_key == g[0]) & (ok.method == g[2])].set_index("instance")[quantity.column] for g in (a, b))
+    both = sa.to_frame("a").join(sb.to_frame("b"), how="inner").dropna()
+    if both.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    lo = 0.0 if quantity.from_zero else float(np.nanmin(both.to_numpy()))
+    hi = 1.0 if quantity.name == "iou" else float(np.nanmax(both.to_numpy())) * 1.05
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1, label="y = x (equal)")
+    ax.scatter(both["a"], both["b"], s=16, alpha=0.7, label=f"instances (n={len(both)})")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"{name_a}: {quantity.axis_label}")
+    ax.set_ylabel(f"{name_b}: {quantity.axis_label}")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title(_title(f"{quantity.name}: {name_b} vs {name_a}, per instance", warnings), fontsize=9)
+    fig.tight_layout()
+    paths = _save(fig, out_dir, stem)
+    plt.close(fig)
+    return paths
