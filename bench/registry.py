@@ -132,7 +132,7 @@ BUILTIN: dict[str, tuple[Entry, ...]] = {
         _metric("kid", "bench.metrics.fid:KIDMetric", "KID next to each FID"),
         _metric("shape3d", "bench.metrics.shape3d:Shape3DMetric",
                 "synthetic GT only: Chamfer-L2, F-score, latent error, PSNR/SSIM of canonical views",
-                columns=[("chamfer_l2", "chamfer_l2", LOWER), ("fscore", "fscore", HIGHER),
+                columns=[("chamfer_l2", "chamfer_l2", LOWER, "RMS radius²"), ("fscore", "fscore", HIGHER),
                          ("latent_error", "latent_err", LOWER), ("psnr", "psnr", HIGHER, "dB"), ("ssim", "ssim", HIGHER)],
                 synthetic_only=True),
     ),

@@ -200,9 +200,9 @@ def print_report(result: dict) -> None:
         table = Table(title=title)
         for col in df.columns:
             text_col = col in ("run", "method", "labels") or col.endswith(": A") or col in {q.name for q in result["quantities"]}
-            table.add_column(str(col), justify="left" if text_col else "right", no_wrap=col != "labels")
+            table.add_column(Text(str(col)), justify="left" if text_col else "right", no_wrap=col != "labels")
         for row in df.itertuples(index=False):
-            table.add_row(*[tables.fmt(v) for v in row])
+            table.add_row(*[Text(tables.fmt(v)) for v in row])  # Text: "[s]", "[0.8, 0.9]" are not markup
         console.print(table)
 
     for w in result["warnings"]:

@@ -73,6 +73,7 @@ def print_diff(result: dict) -> None:
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from bench.report.tables import fmt, signed
 
@@ -100,7 +101,7 @@ def print_diff(result: dict) -> None:
         for col in cols:
             table.add_column(col, justify="left" if col in ("method", "quantity", "instance", "unit") else "right")
         for _, row in df.iterrows():
-            table.add_row(*[signed(row[c]) if c in ("diff", "ci_low", "ci_high") else fmt(row[c]) for c in cols])
+            table.add_row(*[Text(signed(row[c]) if c in ("diff", "ci_low", "ci_high") else fmt(row[c])) for c in cols])
         console.print(table)
 
     deltas = result["deltas"]

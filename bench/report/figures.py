@@ -55,20 +55,22 @@ def quantity_figure(frame, stats, quantity, out_dir: Path, warnings: list[str], 
     if ok.empty:
         return []
     datasets = list(dict.fromkeys(ok["dataset"]))
-    several_runs = ok["run_key"].nunique() > 1
+    several_runs = frame["run_key"].nunique() > 1  # labels as in the tables, even if one run has this value
     groups_per = {d: list(ok[ok.dataset == d].groupby(["run_key", "run", "method"], sort=False).groups)
                   for d in datasets}
-    width = max(4.5, max(1.3 * len(g) for g in groups_per.values()) * len(datasets))
+    width = max(3.5, 1.3 * sum(len(g) for g in groups_per.values())) + 2.8  # + the legend on the right
     fig, axes = plt.subplots(1, len(datasets), figsize=(width, 4.2), squeeze=False)
     rng = np.random.default_rng(seed)
+    colour = 0  # one colour per (run, method) across panels
     for ax, dataset in zip(axes[0], datasets):
         names = []
         for x, (key, run, method) in enumerate(groups_per[dataset]):
             values = ok[(ok.run_key == key) & (ok.method == method)][quantity.column].to_numpy(float)
             name = f"{run}/{method}" if several_runs else method
             names.append(f"{name}\n(n={len(values)})")
-            ax.scatter(x + rng.uniform(-0.18, 0.18, len(values)), values, s=14, alpha=0.55, color=f"C{x % 10}",
+            ax.scatter(x + rng.uniform(-0.18, 0.18, len(values)), values, s=14, alpha=0.55, color=f"C{colour % 10}",
                        label=f"{name}: instances (n={len(values)})", zorder=2)
+            colour += 1
             s = stats[(stats.run_key == key) & (stats.method == method) & (stats.quantity == quantity.name)]
             if not s.empty:
                 mean, low, high = (float(s.iloc[0][k]) for k in ("mean", "ci_low", "ci_high"))
@@ -84,7 +86,15 @@ def quantity_figure(frame, stats, quantity, out_dir: Path, warnings: list[str], 
             top = 1.0 if quantity.name == "iou" else None
             ax.set_ylim(bottom=0, top=top if top is not None else max(ax.get_ylim()[1], 0) * 1.05 or 1)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: never over the data
+    handles, labels = {}, []
+    for ax in axes[0]:  # one legend for every panel, outside the axes: never over the data
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    labels.sort(key=lambda lab: lab.startswith("mean"))  # the mean marker last
+    axes[0][-1].legend([handles[lab] for lab in labels], labels, fontsize=7, loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(_title(f"{quantity.axis_label} per instance", warnings), fontsize=10)
     fig.tight_layout()
     paths = _save(fig, out_dir, quantity.name)
