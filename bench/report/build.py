@@ -94,7 +94,8 @@ def compute(run_paths: list[Path], options: ReportOptions | None = None) -> dict
     comp = stats.comparisons(frame, [q for q in qs if not q.name.startswith("optimize")], opts.baseline,
                              opts.resamples, seed=opts.seed)
     changes = config_changes(runs)
-    warnings = protocol_warnings(runs) + copy_warnings(runs) + provenance.timing_warnings(runs, frame)
+    warnings = (protocol_warnings(runs) + copy_warnings(runs) + provenance.timing_warnings(runs, frame)
+                + (stats.small_sample_notes(st) if opts.resamples else []))
     return {"runs": runs, "frame": frame, "quantities": qs, "stats": st, "table": table,
             "display": tables.display_table(table, qs, corpus_names, several, labels), "comparisons": comp,
             "changes": changes, "change_lines": change_lines(changes, several), "warnings": warnings,

@@ -109,6 +109,20 @@ def metric_stats(frame, quantities, resamples: int = RESAMPLES, level: float = L
     return pd.DataFrame(rows, columns=STATS_COLUMNS)
 
 
+SMALL_N = 10
+
+
+def small_sample_notes(stats_frame) -> list[str]:
+    """A note when some interval rests on fewer than ``SMALL_N`` instances (bootstrap intervals are then
+    too narrow, and a Wilcoxon p cannot go below 2/2**n: 0.25 at n = 3)."""
+    small = stats_frame[(stats_frame["n"] > 0) & (stats_frame["n"] < SMALL_N)]
+    if small.empty:
+        return []
+    lo, hi = int(small["n"].min()), int(small["n"].max())
+    return [f"NOTE: {lo if lo == hi else f'{lo} to {hi}'} instances per method: bootstrap intervals from fewer than "
+            f"{SMALL_N} instances are too narrow and p-values coarse; treat them as indicative"]
+
+
 def _pairs(groups: list[tuple], baseline: str | None, several_runs: bool) -> list[tuple[tuple, tuple]]:
     """(A, B) group pairs to compare: every pair, or every group against the baseline (in its run
     when the baseline method is in several runs)."""
