@@ -5,7 +5,7 @@
   tick label and the legend; the y axis starts at 0 for IoU, latency and errors (IoU ends at 1)
   unless ``zoom``.
 * :func:`paired_figure` — instance-wise A vs B of one quantity on the instances both finished, with
-  the diagonal y = x (points above it: B higher).
+  the diagonal y = x (points above it: the y method higher), square axes fitted to the data.
 
 Warnings (protocol differences) go into every figure's title.
 """
@@ -112,8 +112,14 @@ def paired_figure(frame, quantity, a: tuple[int, str, str], b: tuple[int, str, s
     if both.empty:
         return []
     fig, ax = plt.subplots(figsize=(4.6, 4.6))
-    lo = 0.0 if quantity.from_zero else float(np.nanmin(both.to_numpy()))
-    hi = 1.0 if quantity.name == "iou" else float(np.nanmax(both.to_numpy())) * 1.05
+    # the data's range, square, with a margin: instance-wise differences are what this plot is for
+    lo, hi = float(np.nanmin(both.to_numpy())), float(np.nanmax(both.to_numpy()))
+    pad = max(hi - lo, abs(hi) * 1e-3, 1e-12) * 0.08
+    lo, hi = lo - pad, hi + pad
+    if quantity.from_zero:
+        lo = max(lo, 0.0)
+    if quantity.name == "iou":
+        hi = min(hi, 1.0)
     ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1, label="y = x (equal)")
     ax.scatter(both["a"], both["b"], s=16, alpha=0.7, label=f"instances (n={len(both)})")
     ax.set_xlim(lo, hi)
