@@ -147,8 +147,12 @@ def new_run_id(created: str, command: list[str]) -> str:
     host, process, command and a random salt, e.g. ``20261202T035111-3fa2c1``. Copies of a run
     directory share it; two runs never do."""
     salt = f"{created}|{platform.node()}|{os.getpid()}|{command}|{os.urandom(8).hex()}"
-    stamp = created.replace("-", "").replace(":", "").split("+")[0]
-    return f"{stamp}-{hashlib.sha256(salt.encode()).hexdigest()[:6]}"
+    return f"{_stamp(created)}-{hashlib.sha256(salt.encode()).hexdigest()[:6]}"
+
+
+def _stamp(created: str) -> str:
+    """``2026-12-02T03:51:11+00:00`` as ``20261202T035111``."""
+    return created.replace("-", "").replace(":", "").split("+")[0]
 
 
 def run_id_of(manifest: dict) -> str:
@@ -158,7 +162,7 @@ def run_id_of(manifest: dict) -> str:
         return str(manifest["run_id"])
     created = str(manifest.get("created", ""))
     digest = hashlib.sha256(f"{created}|{manifest.get('command')}".encode()).hexdigest()[:6]
-    return f"{created.replace('-', '').replace(':', '').split('+')[0] or 'unknown'}-{digest}"
+    return f"{_stamp(created) or 'unknown'}-{digest}"
 
 
 def new_manifest(*, dataset: dict, methods: dict, metrics: dict, device: str, seed: int, profile: str,

@@ -88,10 +88,29 @@ def _nuclear_norm(a: np.ndarray) -> float:
     return float(np.linalg.svd(a, compute_uv=False).sum())
 
 
+def _sqrt_eig_sum(g: np.ndarray) -> float:
+    """``tr sqrt(g)`` of a symmetric positive semi-definite matrix (eigenvalues clipped at 0)."""
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(g), 0, None)).sum())
+
+
 def _gram_nuclear_norm(a: np.ndarray) -> float:
     """Sum of the singular values of a (m,k) matrix through the eigenvalues of its smaller Gram matrix."""
-    g = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
-    return float(np.sqrt(np.clip(np.linalg.eigvalsh(g), 0, None)).sum())
+    return _sqrt_eig_sum(a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a)
+
+
+def _fid_of_centred(diff: np.ndarray, xf: np.ndarray, side: np.ndarray, tr_ref: float | None) -> float:
+    """FID from centred rows: ``diff`` (D,) the mean difference, ``xf`` (m,D) centred fake rows and
+    ``side`` the other side: (n,D) centred real rows (``tr_ref`` None), or (m,k) centred ``xf @ L`` of
+    a reference ``sigma = L L.T`` whose trace is ``tr_ref``."""
+    m = len(xf)
+    tr1 = float(np.sum(xf * xf)) / (m - 1)
+    if tr_ref is None:
+        tr2 = float(np.sum(side * side)) / (len(side) - 1)
+        cross = _nuclear_norm(_reduce_rows(xf) @ _reduce_rows(side).T) / np.sqrt((m - 1) * (len(side) - 1))
+    else:
+        tr2 = tr_ref
+        cross = _gram_nuclear_norm(side) / np.sqrt(m - 1)
+    return float(diff @ diff + tr1 + tr2 - 2 * cross)
 
 
 def fid_low_rank(fake, real=None, *, reference: dict | None = None, factor: np.ndarray | None = None) -> float:
@@ -119,7 +138,6 @@ def fid_low_rank(fake, real=None, *, reference: dict | None = None, factor: np.n
         raise ValueError("FID needs at least 2 feature rows")
     mu1 = x1.mean(0)
     x1 = x1 - mu1
-    tr1 = float(np.sum(x1 * x1)) / (len(x1) - 1)
     if (real is None) == (reference is None):
         raise ValueError("give exactly one of real features and reference statistics")
     if real is not None:
@@ -127,20 +145,14 @@ def fid_low_rank(fake, real=None, *, reference: dict | None = None, factor: np.n
         if x2.shape[0] < 2 or x2.shape[1] != x1.shape[1]:
             raise ValueError(f"real features must be (n>=2,{x1.shape[1]}), got {x2.shape}")
         mu2 = x2.mean(0)
-        x2 = x2 - mu2
-        tr2 = float(np.sum(x2 * x2)) / (len(x2) - 1)
-        cross = _nuclear_norm(_reduce_rows(x1) @ _reduce_rows(x2).T) / np.sqrt((len(x1) - 1) * (len(x2) - 1))
-    else:
-        mu2 = np.asarray(reference["mu"], dtype=np.float64)
-        sigma = np.asarray(reference["sigma"], dtype=np.float64)
-        if mu2.shape != mu1.shape:
-            raise UserError(f"feature dimensions differ: {mu1.shape[0]} vs reference {mu2.shape[0]} "
-                            "(reference statistics made with another extractor?)")
-        lf = reference_factor(sigma) if factor is None else factor
-        tr2 = float(np.trace(sigma))
-        cross = _nuclear_norm(x1 @ lf) / np.sqrt(len(x1) - 1)
-    diff = mu1 - mu2
-    return float(diff @ diff + tr1 + tr2 - 2 * cross)
+        return _fid_of_centred(mu1 - mu2, x1, x2 - mu2, None)
+    mu2 = np.asarray(reference["mu"], dtype=np.float64)
+    sigma = np.asarray(reference["sigma"], dtype=np.float64)
+    if mu2.shape != mu1.shape:
+        raise UserError(f"feature dimensions differ: {mu1.shape[0]} vs reference {mu2.shape[0]} "
+                        "(reference statistics made with another extractor?)")
+    lf = reference_factor(sigma) if factor is None else factor
+    return _fid_of_centred(mu1 - mu2, x1, x1 @ lf, float(np.trace(sigma)))
 
 
 class InstanceBootstrap:
@@ -220,18 +232,11 @@ class InstanceBootstrap:
                 cross = _nuclear_norm(cross_gram) / (m - 1)
             else:
                 tr2 = self.tr_ref
-                cross = float(np.sqrt(np.clip(np.linalg.eigvalsh(cross_gram), 0, None)).sum()) / np.sqrt(m - 1)
-        else:
-            xf = self._fc[r] - self._fc[r].mean(0)
-            tr1 = float(np.sum(xf * xf)) / (m - 1)
-            side = self._side[r] - self._side[r].mean(0)
-            if self.real is not None:
-                tr2 = float(np.sum(side * side)) / (m - 1)
-                cross = _nuclear_norm(_reduce_rows(xf) @ _reduce_rows(side).T) / (m - 1)
-            else:
-                tr2 = self.tr_ref
-                cross = _gram_nuclear_norm(side) / np.sqrt(m - 1)
-        return float(diff @ diff + tr1 + tr2 - 2 * cross)
+                cross = _sqrt_eig_sum(cross_gram) / np.sqrt(m - 1)
+            return float(diff @ diff + tr1 + tr2 - 2 * cross)
+        xf, side = self._fc[r], self._side[r]  # above D rows: fid_low_rank's formula on the gathered rows
+        return _fid_of_centred(diff, xf - xf.mean(0), side - side.mean(0),
+                               None if self.real is not None else self.tr_ref)
 
     def resample_fids(self, resamples: int, seed: int, tick=None) -> np.ndarray:
         """(resamples,) FIDs of seeded resamples: ``numpy.random.default_rng(seed)`` draws a

@@ -34,8 +34,7 @@ def diff(run_a, run_b, metric, top, resamples, seed, json_path):
         from bench.store import atomic_write_json
 
         atomic_write_json(json_path, {
-            "a": {"label": result["runs"][0].label, "run_id": result["runs"][0].run_id, "path": str(result["runs"][0].root)},
-            "b": {"label": result["runs"][1].label, "run_id": result["runs"][1].run_id, "path": str(result["runs"][1].root)},
+            "a": result["runs"][0].describe(), "b": result["runs"][1].describe(),
             "protocol": result["protocol"], "environment": result["environment"], "metric": metric,
             "methods_only_in": result["methods_only_in"], "deltas": table_json(result["deltas"]),
             "top": table_json(result["top"])}, sort_keys=False)

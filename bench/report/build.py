@@ -17,7 +17,6 @@ Written into the report folder (default ``RUN/report`` of the first run):
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +59,7 @@ def protocol_lines(runs: list[ReportRun]) -> list[str]:
             w = ", ".join(f"{k}={v['sha256'][:12]}" for k, v in desc.get("weights", {}).items()) or "none given"
             lab = f" [{', '.join(desc.get('labels', []))}]" if desc.get("labels") else ""
             lines.append(f"  {name}{lab}: weights {w}")
-        for name, data in run.run.read_metrics().items():
+        for name, data in run.metrics.items():
             proto_fields = data.get("protocol") or {}
             if proto_fields:
                 lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in proto_fields.items()))
@@ -73,7 +72,7 @@ def _safe(name: str) -> str:
 
 def compute(run_paths: list[Path], options: ReportOptions | None = None) -> dict:
     """Every table of a report, nothing written: ``{"runs", "frame", "quantities", "stats", "table",
-    "display", "comparisons", "changes", "change_lines", "warnings", "protocol"}``."""
+    "display", "comparisons", "changes", "change_lines", "warnings", "protocol", "several", "options"}``."""
     opts = options or ReportOptions()
     runs = load_runs([Path(p) for p in run_paths], opts.labels)
     frame = instance_frame(runs)
@@ -88,7 +87,7 @@ def compute(run_paths: list[Path], options: ReportOptions | None = None) -> dict
     corpus = {(r.key, m): v for r in runs for m, v in corpus_metrics(r).items()}
     table = tables.summary_table(st, corpus, runs, qs)
     corpus_names = list(dict.fromkeys(c for v in corpus.values() for c in v if not c.endswith(("_ci_low", "_ci_high"))))
-    several = len(runs) > 1
+    several = stats.several_runs(frame)
     labels = {(r, m): ", ".join(sorted({lab for s in g["labels"] for lab in s.split(",") if lab}))
               for (r, m), g in frame.groupby(["run", "method"], sort=False)}
     comp = stats.comparisons(frame, [q for q in qs if not q.name.startswith("optimize")], opts.baseline,
@@ -96,7 +95,7 @@ def compute(run_paths: list[Path], options: ReportOptions | None = None) -> dict
     changes = config_changes(runs)
     warnings = (protocol_warnings(runs) + copy_warnings(runs) + provenance.timing_warnings(runs, frame)
                 + (stats.small_sample_notes(st) if opts.resamples else []))
-    return {"runs": runs, "frame": frame, "quantities": qs, "stats": st, "table": table,
+    return {"runs": runs, "frame": frame, "several": several, "quantities": qs, "stats": st, "table": table,
             "display": tables.display_table(table, qs, corpus_names, several, labels), "comparisons": comp,
             "changes": changes, "change_lines": change_lines(changes, several), "warnings": warnings,
             "protocol": protocol_lines(runs), "options": opts}
@@ -120,9 +119,8 @@ def build_report(run_paths: list[Path], out_dir: Path | None = None, options: Re
         atomic_write_bytes(out_dir / name, data)
         files.append(out_dir / name)
 
-    table = result["table"] if len(runs) > 1 else result["table"].drop(columns=["run"])
+    table = result["table"] if result["several"] else result["table"].drop(columns=["run"])
     write("table.csv", table.to_csv(index=False).encode())
-    write("table.json", json.dumps(tables.table_json(table), indent=2, allow_nan=False).encode())
     write("stats.csv", result["stats"].drop(columns=["run_key"]).to_csv(index=False).encode())
     write("comparisons.csv", comp.to_csv(index=False).encode())
     write("variants.csv", pd.DataFrame(result["changes"], columns=["run", "method", "base", "field", "base_value",
@@ -137,14 +135,15 @@ def build_report(run_paths: list[Path], out_dir: Path | None = None, options: Re
     write("table.md", markdown(result).encode())
     write("table.tex", tables.to_latex(result["display"], warnings).encode())
     write("protocol.txt", ("\n".join(warnings + result["protocol"]) + "\n").encode())
-    doc = {"runs": [{"label": r.label, "run_id": r.run_id, "path": str(r.root), "dataset": r.dataset} for r in runs],
+    doc = {"runs": [r.describe() for r in runs],
            "warnings": warnings, "changes": result["changes"], "protocol": result["protocol"],
            "statistics": {"ci": f"{int(stats.LEVEL * 100)}% bootstrap (scipy.stats.bootstrap, BCa) over instances",
                           "resamples": opts.resamples, "seed": opts.seed, "paired_test": "Wilcoxon signed-rank"},
            "table": tables.table_json(table), "stats": tables.table_json(result["stats"].drop(columns=["run_key"])),
            "comparisons": tables.table_json(comp)}
-    atomic_write_json(out_dir / "report.json", doc, sort_keys=False)
-    files.append(out_dir / "report.json")
+    for name, obj in (("table.json", tables.table_json(table)), ("report.json", doc)):
+        atomic_write_json(out_dir / name, obj, sort_keys=False)
+        files.append(out_dir / name)
     files += write_figures(result, out_dir)
     return {**result, "out_dir": out_dir, "files": files}
 
@@ -157,11 +156,10 @@ def write_figures(result: dict, out_dir: Path) -> list[Path]:
     for q in result["quantities"]:
         paths += figures.quantity_figure(frame, st, q, out_dir, plot_warnings, zoom=opts.zoom, seed=opts.seed)
     comp = result["comparisons"]
-    several = frame["run_key"].nunique() > 1
-    groups = {stats.group_name(r, m, several): (k, r, m)
-              for (k, r, m) in frame.groupby(["run_key", "run", "method"], sort=False).groups}
     if not result["quantities"] or comp.empty:
         return paths
+    groups = {stats.group_name(r, m, result["several"]): (k, r, m)
+              for (k, r, m) in frame.groupby(["run_key", "run", "method"], sort=False).groups}
     q = result["quantities"][0]
     for _, c in comp[comp.quantity == q.name].iterrows():
         stem = f"paired-{q.name}-{_safe(c['a'])}-vs-{_safe(c['b'])}"

@@ -39,7 +39,6 @@ def diff_runs(path_a: Path, path_b: Path, metric: str = "iou", top: int = 10, la
     frame = instance_frame(runs)
     if frame.empty:
         raise UserError(f"no records in {a.root} or {b.root}; nothing to compare")
-    ok = frame[frame.status == "ok"]
     qs = quantities(frame)
     names = [q.name for q in qs]
     if metric not in names:
@@ -48,14 +47,14 @@ def diff_runs(path_a: Path, path_b: Path, metric: str = "iou", top: int = 10, la
     rows, changed = [], []
     for method in common:
         for q in qs:
-            sa, sb = (ok[(ok.run_key == r.key) & (ok.method == method)].set_index("instance")[q.column] for r in runs)
-            res = stats.paired(sb, sa, resamples, seed=seed)
+            sa, sb = (stats.group_values(frame, r.key, method, q.column) for r in runs)
+            res = stats.paired(sb, sa, resamples, seed=seed)  # B − A: B is paired's first side
             if res["n"]:
                 rows.append({"method": method, "quantity": q.name, "unit": q.unit, "n": res["n"],
                              "mean_a": res["mean_b"], "mean_b": res["mean_a"], "diff": res["diff"],
                              "ci_low": res["ci_low"], "ci_high": res["ci_high"], "p_value": res["p_value"]})
             if q.name == metric:
-                both = sa.to_frame("a").join(sb.to_frame("b"), how="inner").dropna()
+                both = stats.common_pairs(sa, sb)
                 both["diff"] = both["b"] - both["a"]
                 both["method"] = method
                 changed.append(both.reset_index())

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report.stats import common_pairs, group_name, group_values, several_runs
+
 FORMATS = ("png", "pdf")
 
 
@@ -55,7 +57,7 @@ def quantity_figure(frame, stats, quantity, out_dir: Path, warnings: list[str], 
     if ok.empty:
         return []
     datasets = list(dict.fromkeys(ok["dataset"]))
-    several_runs = frame["run_key"].nunique() > 1  # labels as in the tables, even if one run has this value
+    several = several_runs(frame)  # labels as in the tables, even if one run has this value
     groups_per = {d: list(ok[ok.dataset == d].groupby(["run_key", "run", "method"], sort=False).groups)
                   for d in datasets}
     width = max(3.5, 1.3 * sum(len(g) for g in groups_per.values())) + 2.8  # + the legend on the right
@@ -66,7 +68,7 @@ def quantity_figure(frame, stats, quantity, out_dir: Path, warnings: list[str], 
         names = []
         for x, (key, run, method) in enumerate(groups_per[dataset]):
             values = ok[(ok.run_key == key) & (ok.method == method)][quantity.column].to_numpy(float)
-            name = f"{run}/{method}" if several_runs else method
+            name = group_name(run, method, several)
             names.append(f"{name}\n(n={len(values)})")
             ax.scatter(x + rng.uniform(-0.18, 0.18, len(values)), values, s=14, alpha=0.55, color=f"C{colour % 10}",
                        label=f"{name}: instances (n={len(values)})", zorder=2)
@@ -106,9 +108,7 @@ def paired_figure(frame, quantity, a: tuple[int, str, str], b: tuple[int, str, s
                   warnings: list[str], name_a: str, name_b: str, stem: str) -> list[Path]:
     """Scatter of ``quantity`` per common instance: x = group ``a`` (run_key, run, method), y = ``b``."""
     plt = _pyplot()
-    ok = frame[frame.status == "ok"]
-    sa, sb = (ok[(ok.run_key == g[0]) & (ok.method == g[2])].set_index("instance")[quantity.column] for g in (a, b))
-    both = sa.to_frame("a").join(sb.to_frame("b"), how="inner").dropna()
+    both = common_pairs(*(group_values(frame, g[0], g[2], quantity.column) for g in (a, b)))
     if both.empty:
         return []
     fig, ax = plt.subplots(figsize=(4.6, 4.6))

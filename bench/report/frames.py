@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench.report.runs import ReportRun
 
-_SKIP = {"n_images", "n_instances", "n_failed", "n_without_gt", "kid_subset_size", "kid_std", "per_instance"}
+_SKIP = {"n_images", "n_instances", "n_failed", "n_without_gt", "kid_subset_size", "kid_std"}
 
 
 def is_number(v) -> bool:
@@ -49,26 +49,21 @@ class Quantity:
 TIMED = (("total", "latency", True), ("optimize", "optimize", False))
 
 
-def _registered_columns() -> dict[str, tuple[str, object]]:
-    """``{column name: (metric name, Column)}`` of every registered metric column."""
+def _registered_columns() -> dict:
+    """``{column name: Column}`` of every registered metric column."""
     from bench import registry
 
-    out = {}
-    for name, entry in registry.entries("metrics").items():
-        for col in entry.columns:
-            out[col.name] = (name, col)
-    return out
+    return {col.name: col for entry in registry.entries("metrics").values() for col in entry.columns}
 
 
-def per_instance_columns(metric: str, key: str) -> str:
-    """Instance-frame column of value ``key`` in metric file ``metric``'s ``per_instance`` entries."""
+def per_instance_column(metric: str, key: str) -> str:
+    """Instance-frame column of value ``key`` in metric file ``metric``'s ``per_instance`` entries: the
+    registered column's name (``metric.chamfer_l2``), else ``metric.<metric>.<key>``."""
     from bench import registry
 
     entry = registry.entries("metrics").get(metric)
-    for col in (entry.columns if entry is not None else ()):
-        if col.key == key:
-            return f"metric.{col.name}"
-    return f"metric.{metric}.{key}"
+    named = {col.key: col.name for col in (entry.columns if entry is not None else ())}
+    return f"metric.{named[key]}" if key in named else f"metric.{metric}.{key}"
 
 
 def instance_frame(runs: list[ReportRun]):
@@ -108,13 +103,13 @@ def instance_frame(runs: list[ReportRun]):
 def _per_instance_values(run: ReportRun) -> dict[tuple[str, str], dict[str, float]]:
     """``{(method, instance): {column: value}}`` from the ``per_instance`` parts of the metric files."""
     out: dict[tuple[str, str], dict[str, float]] = {}
-    for name, doc in run.run.read_metrics().items():
+    for name, doc in run.metrics.items():
         for method, values in (doc.get("methods") or {}).items():
             per = values.get("per_instance") if isinstance(values, dict) else None
             for instance, entry in (per or {}).items():
                 if isinstance(entry, dict):
                     cell = out.setdefault((method, instance), {})
-                    cell.update({per_instance_columns(name, k): float(v) for k, v in entry.items() if is_number(v)})
+                    cell.update({per_instance_column(name, k): float(v) for k, v in entry.items() if is_number(v)})
     return out
 
 
@@ -124,10 +119,10 @@ def quantities(frame) -> list[Quantity]:
     registered = _registered_columns()
     out = []
     metric_cols = [c for c in frame.columns if c.startswith("metric.") and "." not in c.removeprefix("metric.")]
-    for col in sorted(metric_cols, key=lambda c: (c != "metric.iou", c not in {f"metric.{n}" for n in registered}, c)):
+    for col in sorted(metric_cols, key=lambda c: (c != "metric.iou", c.removeprefix("metric.") not in registered, c)):
         name = col.removeprefix("metric.")
         if name in registered:
-            _, reg = registered[name]
+            reg = registered[name]
             q = Quantity(name, col, reg.unit, reg.higher_is_better, from_zero=reg.unit != "dB")
         else:
             q = Quantity(name, col, shown=False)
@@ -159,7 +154,7 @@ def corpus_metrics(run: ReportRun) -> dict[str, dict[str, float]]:
     from bench.registry import Column
 
     out: dict[str, dict[str, float]] = {}
-    for name, data in run.run.read_metrics().items():
+    for name, data in run.metrics.items():
         per_method = data.get("methods", {}) if isinstance(data, dict) else {}
         for method, values in per_method.items():
             if not isinstance(values, dict):

@@ -25,6 +25,7 @@ class ReportRun:
         run_id: the manifest's run id (copies of one run share it).
         run: the run directory.
         manifest: its manifest.
+        metrics: its metric files ``{name: document}`` (``RunDir.read_metrics``, read once).
     """
 
     key: int
@@ -32,10 +33,15 @@ class ReportRun:
     run_id: str
     run: RunDir
     manifest: dict = field(repr=False)
+    metrics: dict = field(repr=False, default_factory=dict)
 
     @property
     def root(self) -> Path:
         return self.run.root
+
+    def describe(self) -> dict:
+        """``{"label", "run_id", "path", "dataset"}`` for JSON outputs."""
+        return {"label": self.label, "run_id": self.run_id, "path": str(self.root), "dataset": self.dataset}
 
     @property
     def dataset(self) -> str:
@@ -100,7 +106,8 @@ def unique_labels(paths: list[Path], given: dict[str, str] | None = None) -> lis
 
 
 def load_runs(paths: list[Path], labels: dict[str, str] | None = None) -> list[ReportRun]:
-    """The report's runs, manifests read (a one-line error for a path that is not a run directory)."""
+    """The report's runs, manifests and metric files read (a one-line error for a path that is not a run
+    directory or a damaged file, before anything is written)."""
     unknown = [k for k in (labels or {}) if not any(Path(k) == p or Path(k).resolve() == Path(p).resolve()
                                                     for p in paths)]
     if unknown:
@@ -110,7 +117,7 @@ def load_runs(paths: list[Path], labels: dict[str, str] | None = None) -> list[R
     for key, (path, label) in enumerate(zip(paths, names)):
         run = RunDir(Path(path).resolve())
         manifest = run.read_manifest()
-        runs.append(ReportRun(key, label, run_id_of(manifest), run, manifest))
+        runs.append(ReportRun(key, label, run_id_of(manifest), run, manifest, run.read_metrics()))
     return runs
 
 

@@ -69,8 +69,7 @@ def paired(a, b, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = S
     """
     from scipy import stats
 
-    both = a.to_frame("a").join(b.to_frame("b"), how="inner").astype(float)
-    both = both[np.isfinite(both["a"]) & np.isfinite(both["b"])]
+    both = common_pairs(a, b)
     d = (both["a"] - both["b"]).to_numpy()
     out = {"n": int(len(d)), "mean_a": float(both["a"].mean()) if len(d) else math.nan,
            "mean_b": float(both["b"].mean()) if len(d) else math.nan,
@@ -85,9 +84,28 @@ def paired(a, b, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = S
     return out
 
 
-def group_name(run: str, method: str, several_runs: bool) -> str:
-    """How a (run, method) group is named in comparisons: the method, or ``run/method`` across runs."""
-    return f"{run}/{method}" if several_runs else method
+def group_values(frame, run_key: int, method: str, column: str):
+    """The ok values of ``column`` of one (run, method) group: a Series indexed by instance id."""
+    ok = frame[(frame.status == "ok") & (frame.run_key == run_key) & (frame.method == method)]
+    return ok.set_index("instance")[column]
+
+
+def common_pairs(a, b):
+    """DataFrame with columns ``a`` and ``b``: the instances where both Series have a finite value."""
+    both = a.to_frame("a").join(b.to_frame("b"), how="inner").astype(float)
+    return both[np.isfinite(both["a"]) & np.isfinite(both["b"])]
+
+
+def several_runs(frame) -> bool:
+    """Whether the report's instance frame holds records of more than one run (groups are then named
+    ``run/method``)."""
+    return frame["run_key"].nunique() > 1
+
+
+def group_name(run: str, method: str, several: bool) -> str:
+    """How a (run, method) group is named in tables, comparisons and plots: the method, or
+    ``run/method`` when the report holds several runs (:func:`several_runs`)."""
+    return f"{run}/{method}" if several else method
 
 
 def metric_stats(frame, quantities, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED):
@@ -98,12 +116,11 @@ def metric_stats(frame, quantities, resamples: int = RESAMPLES, level: float = L
     for (key, run, method), grp in frame.groupby(["run_key", "run", "method"], sort=False):
         ok = grp[grp.status == "ok"]
         failed = int(len(grp) - len(ok))
-        for q in quantities:
-            if q.column not in ok or ok[q.column].notna().sum() == 0:
-                continue
+        present = [q for q in quantities if q.column in ok and ok[q.column].notna().any()]
+        for q in present:
             rows.append({"run": run, "run_key": key, "method": method, "quantity": q.name, "unit": q.unit,
                          "failed": failed, **summarise(ok[q.column], resamples, level, seed)})
-        if ok.empty or not any(q.column in ok and ok[q.column].notna().any() for q in quantities):
+        if not present:
             rows.append({"run": run, "run_key": key, "method": method, "quantity": None, "unit": None,
                          "failed": failed, "n": 0})  # every instance failed: the row still shows it
     return pd.DataFrame(rows, columns=STATS_COLUMNS)
@@ -123,12 +140,12 @@ def small_sample_notes(stats_frame) -> list[str]:
             f"{SMALL_N} instances are too narrow and p-values coarse; treat them as indicative"]
 
 
-def _pairs(groups: list[tuple], baseline: str | None, several_runs: bool) -> list[tuple[tuple, tuple]]:
+def _pairs(groups: list[tuple], baseline: str | None, several: bool) -> list[tuple[tuple, tuple]]:
     """(A, B) group pairs to compare: every pair, or every group against the baseline (in its run
     when the baseline method is in several runs)."""
     if baseline is None:
         return list(combinations(groups, 2))
-    names = {g: group_name(g[1], g[2], several_runs) for g in groups}
+    names = {g: group_name(g[1], g[2], several) for g in groups}
     hits = [g for g in groups if baseline in (g[2], names[g])]
     if len(hits) == 1:
         return [(g, hits[0]) for g in groups if g != hits[0]]
@@ -144,7 +161,7 @@ def comparisons(frame, quantities, baseline: str | None = None, resamples: int =
     import pandas as pd
 
     ok = frame[frame.status == "ok"]
-    several = ok["run_key"].nunique() > 1
+    several = several_runs(frame)
     rows = []
     for dataset, part in ok.groupby("dataset", sort=False):
         groups = list(part.groupby(["run_key", "run", "method"], sort=False).groups)
@@ -152,9 +169,8 @@ def comparisons(frame, quantities, baseline: str | None = None, resamples: int =
             for q in quantities:
                 if q.column not in part:
                     continue
-                series = [part[(part.run_key == g[0]) & (part.method == g[2])].set_index("instance")[q.column]
-                          for g in (ga, gb)]
-                res = paired(series[0], series[1], resamples, level, seed)
+                res = paired(group_values(part, ga[0], ga[2], q.column), group_values(part, gb[0], gb[2], q.column),
+                             resamples, level, seed)
                 if res["n"] == 0:
                     continue
                 rows.append({"dataset": dataset, "quantity": q.name, "a": group_name(ga[1], ga[2], several),
@@ -164,6 +180,6 @@ def comparisons(frame, quantities, baseline: str | None = None, resamples: int =
 
 def missing_baseline(frame, baseline: str) -> bool:
     """Whether ``--baseline`` names no (run, method) group of the report."""
-    several = frame["run_key"].nunique() > 1
+    several = several_runs(frame)
     names = {m for m in frame["method"]} | {group_name(r, m, several) for r, m in zip(frame["run"], frame["method"])}
     return baseline not in names

@@ -37,7 +37,7 @@ def fmt_ci(mean, low, high) -> str:
 
 def summary_table(stats, corpus: dict[tuple[int, str], dict[str, float]], runs, quantities):
     """The wide numeric table: one row per (run, method) with n, failed, ``<q>_mean``, ``<q>_ci_low``,
-    ``<q>_ci_high``, ``<q>_median`` per quantity (``latency_p95`` too) and the corpus columns."""
+    ``<q>_ci_high``, ``<q>_median`` per quantity and the corpus columns (FID's ``<col>_ci_low/high``)."""
     import pandas as pd
 
     rows = []
@@ -59,13 +59,13 @@ def summary_table(stats, corpus: dict[tuple[int, str], dict[str, float]], runs, 
     return pd.DataFrame(rows)
 
 
-def display_table(table, quantities, corpus_names: list[str], several_runs: bool, labels: dict):
+def display_table(table, quantities, corpus_names: list[str], several: bool, labels: dict):
     """Strings for people: run (if several), method, n, failed, one column per quantity and corpus metric."""
     import pandas as pd
 
     rows = []
     for _, r in table.iterrows():
-        row = {"run": r["run"]} if several_runs else {}
+        row = {"run": r["run"]} if several else {}
         row.update({"method": r["method"], "n": str(r["n"]), "failed": str(r["failed"])})
         for q in quantities:
             if q.shown and f"{q.name}_mean" in table:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from bench.manifest import changed_fields, lookup
 from bench.methods_spec import base_name
 from bench.report.runs import ReportRun
+from bench.report.stats import group_name
 
 
 def profile_config(name: str, profile: str | None) -> dict | None:
@@ -53,7 +54,7 @@ def config_changes(runs: list[ReportRun]) -> list[dict]:
     return rows
 
 
-def change_lines(rows: list[dict], several_runs: bool) -> list[str]:
+def change_lines(rows: list[dict], several: bool) -> list[str]:
     """``ours@tight: xy_threshold 0.16 → 0.1`` per (run, method), fields joined by ``; ``."""
     grouped: dict[tuple[str, str, str], list[str]] = {}
     for r in rows:
@@ -61,7 +62,7 @@ def change_lines(rows: list[dict], several_runs: bool) -> list[str]:
             f"{r['field']} {_show(r['base_value'])} → {_show(r['value'])}")
     lines = []
     for (run, method, base), parts in grouped.items():
-        who = f"{run}/{method}" if several_runs else method
+        who = group_name(run, method, several)
         against = "" if base == base_name(method) else f" (vs {base})"
         lines.append(f"{who}{against}: " + "; ".join(parts))
     return lines
