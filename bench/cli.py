@@ -21,7 +21,7 @@ COMMANDS = {
     "ls": ("bench.commands.ls:ls", "List registered methods, datasets and metrics."),
     "sample": ("bench.commands.sample:sample", "Sample meshes from the generator (.obj + texture + views)."),
     "data": ("bench.commands.data:data", "Dataset utilities (bench data check)."),
-    "profile": ("bench.commands.profile:profile", "Per-stage timing of one method iteration."),
+    "profile": ("bench.commands.profile:profile", "Timing of any method: per stage (ours) or per reconstruct call."),
     "repair": ("bench.commands.repair:repair", "Move damaged records/metric files aside, restore the manifest."),
     "config": ("bench.commands.config:config", "Every config field of a method or dataset (default, profile, help)."),
 }

@@ -11,6 +11,8 @@ import math
 import numbers
 import types
 import typing
+from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 from bench.errors import UserError, did_you_mean
@@ -293,6 +295,24 @@ def _hints(cls) -> dict[str, Any]:
         return {f.name: f.type for f in dataclasses.fields(cls)}
 
 
+def plain_value(value: Any) -> Any:
+    """A config value as the config table takes it: numpy / torch scalars and arrays become Python
+    numbers and lists, paths become strings, tuples lists; strings and everything else stay."""
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: plain_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return plain_value(value.tolist())
+    if hasattr(value, "__fspath__"):
+        return str(value.__fspath__())
+    return value
+
+
 def build_config(cls, profile: str | None = None, profiles: dict | None = None,
                  overrides: dict[str, Any] | None = None, owner: str = ""):
     """Instantiate dataclass ``cls`` from defaults, then the named profile, then overrides.
@@ -314,6 +334,7 @@ def build_config(cls, profile: str | None = None, profiles: dict | None = None,
         if key not in fields:
             raise UserError(f"unknown option {owner + '.' if owner else ''}{key}{did_you_mean(key, fields)}")
         label = f"{owner}.{key}" if owner else key
+        raw = plain_value(raw)  # numpy / torch numbers, paths: as the values they stand for
         values[key] = _coerce(raw if isinstance(raw, str) else json.dumps(raw), hints.get(key), label,
                               number_spec(cls, fields[key], hints))
     try:

@@ -116,6 +116,8 @@ BUILTIN: dict[str, tuple[Entry, ...]] = {
               "built-in offline dataset rendered from the active generator (default)"),
         Entry("datasets", "cub", "bench.datasets.cub:CUBDataset", "CUB-200-2011 birds in the CMR/MeshInversion layout"),
         Entry("datasets", "p3d", "bench.datasets.p3d:P3DDataset", "PASCAL3D+ cars in the CMR p3d layout"),
+        Entry("datasets", "images", "bench.datasets.images:ImagesDataset",
+              "your own photos with masks (CUB crop; camera searched by the method or predicted by CMR)"),
     ),
     "metrics": (
         _metric("iou", "bench.metrics.iou:IoUMetric", "mask IoU, official formula, against the sample's mask",

@@ -87,6 +87,23 @@ def check_overrides(opts: RunOptions) -> None:
                             f"({', '.join(sorted(owners))})")
 
 
+def load_instance_metrics() -> list:
+    """One instance of every registered per-instance metric (``bench.registry.metrics("instance")``)."""
+    return [entry.load()() for entry in registry.metrics("instance")]
+
+
+def instance_metrics(sample, recon, metrics: list | None = None) -> dict[str, float]:
+    """The per-instance metric values of one ok reconstruction, as its record stores them.
+
+    ``metrics`` are the metric objects (default: :func:`load_instance_metrics`); each one's
+    ``instance(sample, recon)`` values are merged in registry order.
+    """
+    out: dict[str, float] = {}
+    for metric in load_instance_metrics() if metrics is None else metrics:
+        out.update(metric.instance(sample, recon))
+    return out
+
+
 def shard_indices(n: int, limit: int | None, shard: int, num_shards: int) -> list[int]:
     """Dataset indices of one shard: ``index % num_shards == shard`` over the first ``limit`` items."""
     total = n if limit is None else min(n, limit)
@@ -111,7 +128,7 @@ class Worker:
         if dataset is None or methods is None:
             dataset, methods = build_components(opts)
         self.dataset, self.methods = dataset, methods
-        self.metrics = [entry.load()() for entry in registry.metrics("instance")]
+        self.metrics = load_instance_metrics()
         self.protocols: dict[str, str] = {}
         self.load_at_start: float | None = None  # 1-minute load average when the current batch started
         self.cores = usable_cores()
@@ -238,9 +255,7 @@ class Worker:
         if recon.status != "ok":
             self.write_failure(method, sample.id, sample.index, recon.error or "failed")
             return False
-        metrics = {}
-        for metric in self.metrics:
-            metrics.update(metric.instance(sample, recon))
+        metrics = instance_metrics(sample, recon, self.metrics)
         self.run.write_result(method, sample, recon, metrics, self.runtime(method),
                               default_batch_size=self.opts.batch_size, source=self.dataset.source(sample.index))
         log.info("%s %s ok %s", method, sample.id, {k: round(v, 4) for k, v in metrics.items()})

@@ -333,8 +333,9 @@ class RunDir:
             "batch_size": int(info.pop("batch_size", default_batch_size)),
             "class_id": sample.class_id,
             "mask_source": sample.mask_source,
-            "camera_source": sample.camera_source,
-            "camera_init": [round(float(x), 7) for x in sample.camera],
+            # a method that searched the initial camera says so (and which one) in its info
+            "camera_source": info.pop("camera_source", sample.camera_source),
+            "camera_init": [round(float(x), 7) for x in info.pop("camera_init", sample.camera)],
             "camera": [round(float(x), 7) for x in recon.camera] if recon.camera is not None else None,
             "losses": [float(x) for x in recon.losses],
             "info": info,

@@ -23,12 +23,15 @@ class Sample:
         mask: (H,W) float32 {0,1} foreground mask the method fits and IoU is measured against.
         mask_source: ``"gt"`` | ``"predicted"`` (PointRend) | ``"render"`` (synthetic).
         camera: (7,) float32 initial camera ``[s, tx, ty, qw, qx, qy, qz]``.
-        camera_source: ``"sfm"`` | ``"cmr-pred"`` | ``"gt"`` | ``"gt+noise"``.
+        camera_source: ``"sfm"`` | ``"cmr-pred"`` | ``"gt"`` | ``"gt+noise"`` | ``"cmr"`` | ``"given"`` |
+            ``"mask-fit"`` (a rough camera from the mask; then ``camera_search`` is set).
         class_id: 0-based class index (CUB: 0..199).
         keypoints: optional (K,3) float32 normalised keypoints ``(x, y, visible)``.
         gt: optional ground truth (synthetic data): ``latent`` (64,), ``camera`` (7,),
             ``vertices`` (V,3), ``faces`` (F,3), ``texture`` (3,R,R) in [-1,1], ``mesh_map`` (3,32,32).
         meta: free-form JSON-serialisable information (image path, bbox, ...).
+        camera_search: optional :class:`bench.camera_search.CameraSearch`: the method should search
+            the initial camera over these hypotheses (methods that cannot start from ``camera``).
     """
 
     id: str
@@ -42,6 +45,26 @@ class Sample:
     keypoints: torch.Tensor | None = None
     gt: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    camera_search: Any = None
+
+    @classmethod
+    def from_image(cls, image, mask, camera=None, class_id: int = 0, **options) -> "Sample":
+        """A sample from one's own photo and its object mask, cropped like a CUB instance.
+
+        Args:
+            image: PIL image, (H,W,3) / (H,W) numpy array (uint8 0..255 or float 0..1) or (3,H,W) tensor
+                in [0,1]; any size.
+            mask: PIL image, (H,W) numpy array or tensor (foreground > ``mask_threshold`` of its range).
+            camera: optional (7,) ``[s, tx, ty, qw, qx, qy, qz]`` in the *cropped* sample's frame; None = the
+                method searches it (``camera_search``).
+            class_id: the generator class.
+            options: ``id``, ``image_size`` (256), ``padding_frac`` (0.05), ``mask_threshold`` (0.5),
+                ``resize_mask_threshold`` (0.95), ``search`` (a :class:`bench.camera_search.CameraSearch`).
+        See :func:`bench.datasets.images.sample_from_image`.
+        """
+        from bench.datasets.images import sample_from_image
+
+        return sample_from_image(image, mask, camera=camera, class_id=class_id, **options)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from bench.camera_search import SearchOptions, mask_fit_camera
 from bench.config import check_fields, option, require
 from bench.datasets.base import Dataset, Sample
 from bench.errors import UserError
@@ -38,9 +39,13 @@ from bench.seeds import instance_seed
 SCENE_SEED_SALT = 0x5CE7E5
 
 
+CAMERAS = ("gt+noise", "search")
+
+
 @dataclass
-class SyntheticConfig:
-    """Options of the synthetic dataset (see the module docstring for how a scene is drawn)."""
+class SyntheticConfig(SearchOptions):
+    """Options of the synthetic dataset (see the module docstring for how a scene is drawn; the
+    ``search_*`` fields: :class:`bench.camera_search.SearchOptions`)."""
 
     n: int = option(8, ge=1, help="number of instances")
     seed: Optional[int] = option(None, help="seed of the scenes; empty = the run seed (bench run --seed), "
@@ -60,9 +65,12 @@ class SyntheticConfig:
     noise_translation: float = option(0.06, ge=0, help="initial camera noise: std added to each translation axis")
     noise_rotation_deg: float = option(15.0, ge=0, help="initial camera noise: std in degrees of a random-axis "
                                        "rotation applied to the ground truth")
+    camera: str = option("gt+noise", help="initial camera: gt+noise (the noisy ground truth above) or search "
+                         "(no camera: the method searches it, as for one's own photos)")
 
     def __post_init__(self):
         check_fields(self)  # types and the ranges stated in option(...)
+        require(self.camera in CAMERAS, "camera", f"must be one of {', '.join(CAMERAS)}", self.camera)
         require(self.scale_min <= self.scale_max, "scale_max", f"must be >= scale_min ({self.scale_min})",
                 self.scale_max)
 
@@ -70,12 +78,6 @@ class SyntheticConfig:
 def uses_demo(checkpoint: str | None) -> bool:
     """Whether ``checkpoint`` names the untrained demo generator (unset, empty or ``demo``)."""
     return checkpoint in (None, "", "demo")
-
-
-def axis_angle_quaternion(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """(3,) unit axis, scalar angle (radians) -> (4,) quaternion (w, x, y, z)."""
-    half = angle / 2
-    return torch.cat([torch.cos(half).reshape(1), torch.sin(half) * axis])
 
 
 class SyntheticDataset(Dataset):
@@ -139,24 +141,22 @@ class SyntheticDataset(Dataset):
         from bench.config import config_to_dict
 
         return {"dataset": self.name, **config_to_dict(self.config), "seed": self.scene_seed,
-                "generator": self.generator_label, "split": "synthetic", "mask": "render", "camera": "gt+noise"}
+                "generator": self.generator_label, "split": "synthetic", "mask": "render"}
 
     def ground_truth_camera(self, g: torch.Generator) -> torch.Tensor:
         """(7,) [s, tx, ty, qw, qx, qy, qz] around the canonical CUB-like pose."""
-        from bench.render.camera import canonical_quaternion, quat_mul
+        from bench.render.camera import turned_canonical_quaternion
 
         c = self.config
         azimuth = torch.rand((), generator=g) * 2 * math.pi
         elevation = torch.randn((), generator=g) * math.radians(c.elevation_std_deg)
-        q_az = axis_angle_quaternion(torch.tensor([0.0, 1.0, 0.0]), azimuth)
-        q_el = axis_angle_quaternion(torch.tensor([1.0, 0.0, 0.0]), elevation)
-        q = quat_mul(q_el[None], quat_mul(q_az[None], canonical_quaternion()[None].float()))[0]
+        q = turned_canonical_quaternion(azimuth, elevation)
         scale = c.scale_min + (c.scale_max - c.scale_min) * torch.rand((), generator=g)
         trans = torch.randn(2, generator=g) * c.translation_std
         return torch.cat([scale.reshape(1), trans, q]).float()
 
     def perturb_camera(self, cam: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        from bench.render.camera import quat_mul
+        from bench.render.camera import axis_angle_quaternion, quat_mul
 
         c = self.config
         scale = cam[:1] * torch.exp(torch.randn(1, generator=g) * c.noise_scale)
@@ -183,6 +183,9 @@ class SyntheticDataset(Dataset):
         image = ((out.image[0] / 2 + 0.5) * mask + (1 - mask)).clamp(0, 1)
         gt = {"latent": z[0], "camera": camera, "vertices": out.vertices[0], "faces": self.template.faces,
               "face_uvs": self.template.face_uvs, "texture": texture[0], "mesh_map": mesh_map[0]}
-        return Sample(id=self.instance_id(i), index=i, image=image, mask=mask, mask_source="render",
-                      camera=camera_init, camera_source="gt+noise", class_id=class_id, gt=gt,
-                      meta={"generator": self.generator_label})
+        sample = Sample(id=self.instance_id(i), index=i, image=image, mask=mask, mask_source="render",
+                        camera=camera_init, camera_source="gt+noise", class_id=class_id, gt=gt,
+                        meta={"generator": self.generator_label})
+        if c.camera == "search" and mask.any():
+            sample.camera, sample.camera_source, sample.camera_search = mask_fit_camera(mask), "mask-fit", c.search
+        return sample

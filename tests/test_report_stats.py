@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.report import stats
-from bench.report.runs import parse_labels, unique_labels
-from bench.report.tables import escape_latex, fmt, to_latex
+from bench.reporting import stats
+from bench.reporting.runs import parse_labels, unique_labels
+from bench.reporting.tables import escape_latex, fmt, to_latex
 
 SPECIALS = "a#b$c{d}e~f^g\\h&i%j_k"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bench.report.stats import RESAMPLES, SEED
+from bench.reporting.stats import RESAMPLES, SEED
 
 
 @click.command()
@@ -23,14 +23,14 @@ from bench.report.stats import RESAMPLES, SEED
 def diff(run_a, run_b, metric, top, resamples, seed, json_path):
     """Compare two runs: what differs in their protocol, and what it changed in the numbers (B − A)."""
     from bench.errors import UserError
-    from bench.report.diff import diff_runs, print_diff
+    from bench.reporting.diff import diff_runs, print_diff
 
     for r in (run_a, run_b):
         if not r.exists():
             raise UserError(f"run directory {r} does not exist")
     result = diff_runs(run_a, run_b, metric, top, resamples=resamples, seed=seed)
     if json_path is not None:
-        from bench.report.tables import table_json
+        from bench.reporting.tables import table_json
         from bench.store import atomic_write_json
 
         atomic_write_json(json_path, {

@@ -28,10 +28,19 @@ METRICS_VERSION = 1
 
 
 def default_metrics(synthetic: bool) -> list[str]:
-    """Every registered metric, less the synthetic-only ones (shape3d) on real data."""
+    """Every registered metric with a corpus-level summary, less the synthetic-only ones (shape3d) on
+    real data (a plugin's instance metric without ``corpus`` is `bench run`'s alone)."""
     from bench import registry
 
-    return [e.name for e in registry.metrics() if synthetic or not e.synthetic_only]
+    return [e.name for e in registry.metrics() if (synthetic or not e.synthetic_only) and has_corpus(e.load())]
+
+
+def has_corpus(cls) -> bool:
+    """Whether metric class ``cls`` defines a corpus-level summary (its own ``corpus``)."""
+    from bench.metrics.base import Metric
+
+    corpus = getattr(cls, "corpus", None)
+    return callable(corpus) and corpus is not getattr(Metric, "corpus", None)
 
 
 def _parse_metrics(text: str | None, synthetic: bool) -> list[str]:
@@ -88,7 +97,7 @@ def evaluate(run_dir, metrics: list[str] | None = None, options=None, methods: l
     entries = {name: registry.get("metrics", name) for name in names}
     instances = {name: entry.load()() for name, entry in entries.items()}
     for name, metric in instances.items():
-        if not hasattr(metric, "corpus"):
+        if not has_corpus(type(metric)):
             raise UserError(f"metric {name!r} has no corpus-level summary; it is computed by `bench run`")
     ctx = EvalContext(run=run, methods=list(methods or all_methods), options=options)
     skipped = {}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bench.report.stats import RESAMPLES, SEED
+from bench.reporting.stats import RESAMPLES, SEED
 
 
 @click.command()
@@ -23,8 +23,8 @@ from bench.report.stats import RESAMPLES, SEED
 def report(runs, out, labels, baseline, resamples, seed, zoom):
     """Summarise one or more run directories: one row per (run, method), never merged."""
     from bench.errors import UserError
-    from bench.report import ReportOptions, build_report, print_report
-    from bench.report.runs import parse_labels
+    from bench.reporting import ReportOptions, build_report, print_report
+    from bench.reporting.runs import parse_labels
 
     for r in runs:
         if not r.exists():

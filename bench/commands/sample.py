@@ -41,14 +41,6 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
-def _to_uint8_image(texture):
-    """(3,H,W) in [-1,1] -> (H,W,3) uint8 numpy."""
-    import torch
-
-    img = ((texture.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return img.permute(1, 2, 0).numpy()
-
-
 @click.command()
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Generator checkpoint (official checkpoint_latest.pth or a state dict); "
@@ -73,6 +65,7 @@ def sample(checkpoint, num, class_id, seed, device, out, views, size, batch_size
     from bench.methods.base import TexturedMesh
     from bench.methods.meshinversion.generator import DEMO_LABEL, load_generator
     from bench.render.camera import view_quaternions
+    from bench.render.export import texture_to_uint8
     from bench.render.obj import write_obj
     from bench.render.renderer import render_views
     from bench.render.uvsphere import uvsphere_template
@@ -117,7 +110,7 @@ def sample(checkpoint, num, class_id, seed, device, out, views, size, batch_size
             i = start + j
             stem = f"sample_{i:03d}"
             tex_name, view_name = f"{stem}_texture.png", f"{stem}_views.png"
-            Image.fromarray(_to_uint8_image(texture[j])).save(out / tex_name)
+            Image.fromarray(texture_to_uint8(texture[j])).save(out / tex_name)
             Image.fromarray(rendered[j].transpose(1, 0, 2, 3).reshape(size, -1, 3)).save(out / view_name)
             write_obj(out / f"{stem}.obj", vertices[j].cpu().numpy(), faces, uvs, face_uv_index,
                       mtl_name=stem, texture_file=tex_name)

@@ -19,13 +19,16 @@ import torch
 
 __all__ = [
     "FID12_ANGLES",
+    "axis_angle_quaternion",
     "canonical_quaternion",
     "fid10_angles",
     "project",
     "project_novel_view",
     "qrot",
     "quat_mul",
+    "rotation_error_deg",
     "split_camera",
+    "turned_canonical_quaternion",
     "view_quaternions",
 ]
 
@@ -80,6 +83,33 @@ def quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ),
         dim=-1,
     )
+
+
+def axis_angle_quaternion(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """(3,) unit axis, scalar angle (radians) -> (4,) quaternion (w, x, y, z)."""
+    half = angle / 2
+    return torch.cat([torch.cos(half).reshape(1), torch.sin(half) * axis])
+
+
+def turned_canonical_quaternion(azimuth: torch.Tensor, elevation: torch.Tensor) -> torch.Tensor:
+    """The canonical rotation (:func:`canonical_quaternion`, 30°) turned by an azimuth about y, then an
+    elevation about x (both scalar tensors, radians): ``q_el ⊗ q_az ⊗ q_canonical``, (4,) float32.
+
+    The synthetic dataset draws its ground-truth poses this way and the camera search
+    (:mod:`bench.camera_search`) lays its hypothesis grid out on the same two angles.
+    """
+    q_az = axis_angle_quaternion(torch.tensor([0.0, 1.0, 0.0]), azimuth.float())
+    q_el = axis_angle_quaternion(torch.tensor([1.0, 0.0, 0.0]), elevation.float())
+    return quat_mul(q_el[None], quat_mul(q_az[None], canonical_quaternion()[None]))[0]
+
+
+def rotation_error_deg(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle in degrees between the rotations of (...,4) quaternions (normalised first;
+    q and -q are the same rotation), in [0, 180]."""
+    q1 = torch.nn.functional.normalize(q1.double(), dim=-1)
+    q2 = torch.nn.functional.normalize(q2.double(), dim=-1)
+    dot = (q1 * q2).sum(-1).abs().clamp(max=1.0)
+    return torch.rad2deg(2 * torch.arccos(dot))
 
 
 def split_camera(cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

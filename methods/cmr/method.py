@@ -283,6 +283,8 @@ class MeshNetMethod(Method):
                 "camera_model_frame": [float(x) for x in out.camera_model[b].cpu()],
                 "frame_quaternion": [float(x) for x in self.frame_quaternion()]}
         info.update(self._extra_info(enc, extra, b))
+        if not self.uses_sample_camera():  # the record says which camera the method really started from
+            info["camera_source"] = "camera-head"
         return Reconstruction(
             sample_id=sample.id,
             mesh=TexturedMesh(vertices=out.vertices[b].float().cpu(), faces=out.faces.cpu(),

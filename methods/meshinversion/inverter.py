@@ -3,6 +3,10 @@
 :class:`MeshInverter` fits a generator latent ``z`` and a camera (scale, translation, raw
 quaternion) to B target images/masks at once:
 
+0. **Camera search** (only for samples without a camera, :mod:`bench.camera_search`): the first
+   ``search.candidates`` latent candidates of each instance are each posed at K hypotheses fitted to
+   the target mask's box and scored with the same criterion; the camera of the best (candidate,
+   hypothesis) pair becomes the initial camera.
 1. **Latent initialisation**: ``select_num`` candidates ``z ~ N(0, I)`` per instance are scored with
    the full criterion at the initial camera (no gradients), ``init_batch_size`` rows per forward
    pass; the lowest score wins. The official code evaluates the NLL prior on the *current* latent
@@ -40,9 +44,10 @@ from .render import RenderOutput, render
 __all__ = ["InitialLatent", "InversionCriterion", "InversionResult", "InversionState", "MeshInverter", "RowByRow",
            "resolve_batch_invariant"]
 
-#: Phases of the per-row subsampling generators (candidate scoring, optimisation steps).
+#: Phases of the per-row subsampling generators (candidate scoring, optimisation steps, camera search).
 _PHASE_CANDIDATES = 1
 _PHASE_OPTIMIZE = 2
+_PHASE_CAMERA_SEARCH = 3
 
 
 def resolve_batch_invariant(config: InversionConfig, device) -> bool:
@@ -121,7 +126,10 @@ class InversionResult:
         iou_init: (B,) IoU at the chosen candidate and the initial camera (fit resolution).
         iou_fit: (B,) IoU of the returned mask against the fit target.
         errors: per instance None or a failure message.
-        timings: batch wall-clock seconds ``init``, ``optimize``, ``output``, ``total``.
+        timings: batch wall-clock seconds ``init``, ``optimize``, ``output``, ``total`` (and
+            ``camera_search`` when a search ran; ``total`` includes it).
+        camera_search: per instance None, or what the camera search chose (:meth:`MeshInverter.search_camera`).
+        camera_init: (B,7) the initial cameras the optimisation started from (searched or given).
     """
 
     latent: torch.Tensor
@@ -139,6 +147,8 @@ class InversionResult:
     iou_fit: torch.Tensor
     errors: list[Optional[str]]
     timings: dict[str, float] = field(default_factory=dict)
+    camera_search: list[Optional[dict]] = field(default_factory=list)
+    camera_init: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -306,6 +316,53 @@ class MeshInverter:
         iou = ious.reshape(batch_size, num_candidates)[torch.arange(batch_size), chosen]  # both on the CPU
         return InitialLatent(latent=latent, scores=scores, chosen=chosen, iou=iou)
 
+    # ------------------------------------------------------------------ camera search
+    @torch.no_grad()
+    def search_camera(self, target, row: int, target_mask: torch.Tensor, class_id: torch.Tensor, seed: int,
+                      search) -> tuple[torch.Tensor, dict]:
+        """The initial camera of instance ``row`` among the hypotheses of ``search``.
+
+        Each of the first ``search.candidates`` latent candidates (:meth:`draw_candidates`) gets its
+        own K hypotheses (:func:`bench.camera_search.camera_hypotheses`, fitted to its shape) and every
+        (candidate, hypothesis) pair is scored with the criterion, like the latent initialisation
+        (prior per ``init_with_prior``); the lowest score's camera is kept.
+
+        Args:
+            target: the batch's criterion target; row: this instance's row in it.
+            target_mask: (S,S) its mask; class_id: () int64; seed: its seed; search: a CameraSearch.
+        Returns:
+            ((7,) camera, info: hypothesis index, candidate, score, azimuth/elevation, scale fit, K).
+        """
+        from bench.camera_search import camera_hypotheses
+
+        size = target_mask.shape[-1]
+        latents = self.draw_candidates([seed])[0, :search.candidates].to(self.device, torch.float32)
+        num_candidates, num_hyps = latents.shape[0], search.size
+        texture, mesh_map = self.generate(latents, class_id.reshape(1).expand(num_candidates).to(self.device))
+        vertices = self.template.vertex_positions(mesh_map)
+        hyps = torch.stack([camera_hypotheses(target_mask, vertices[c], search) for c in range(num_candidates)])
+        pairs = num_candidates * num_hyps
+        scores = torch.empty(pairs, dtype=torch.float64)
+        for start in range(0, pairs, self.config.init_batch_size):
+            index = torch.arange(start, min(start + self.config.init_batch_size, pairs))
+            cand, hyp = index // num_hyps, index % num_hyps
+            cams = hyps[cand, hyp].to(self.device)
+            out = render(self.template, texture[cand], mesh_map[cand], *_split_camera(cams), size,
+                         vertices=vertices[cand])
+            rngs = [self._subsample_rng(seed, _PHASE_CAMERA_SEARCH, int(i)) for i in index]
+            rows = torch.full((len(index),), row, dtype=torch.long, device=self.device)
+            total, _ = self._losses(out, latents[cand], target, rows, rngs, with_prior=self.config.init_with_prior)
+            scores[index] = total.detach().double().cpu()
+        best = int(torch.nan_to_num(scores, nan=float("inf")).argmin())
+        cand, hyp = divmod(best, num_hyps)
+        rotation, fit = divmod(hyp, 2)
+        elevation, azimuth = divmod(rotation, search.azimuths)
+        info = {"hypothesis": hyp, "hypotheses": num_hyps, "candidate": cand, "score": float(scores[best]),
+                "azimuth_deg": 360.0 * azimuth / search.azimuths,
+                "elevation_deg": float(search.elevations_deg[elevation]),
+                "scale_fit": ("width", "height")[fit], "candidates": num_candidates}
+        return hyps[cand, hyp].to(self.device), info
+
     # ------------------------------------------------------------------ optimisers
     def _make_optimizers(self, z, scale, translation, rotation):
         """The latent and pose Adam optimisers (with the carried state, if any) and the pose leaves."""
@@ -347,7 +404,7 @@ class MeshInverter:
     def invert(self, images01: torch.Tensor, masks: torch.Tensor, class_ids: torch.Tensor, cameras: torch.Tensor,
                seeds: list[int], *, candidates: Optional[torch.Tensor] = None,
                before_step: Optional[BeforeStep] = None, after_backward: Optional[AfterBackward] = None,
-               output_size=None) -> InversionResult:
+               output_size=None, searches: Optional[list] = None) -> InversionResult:
         """Invert a batch.
 
         Args:
@@ -358,13 +415,24 @@ class MeshInverter:
             candidates: optional (B,S,64) candidate latents (replaces the random draws).
             before_step / after_backward: optional callbacks (see :class:`InversionState`).
             output_size: int or (H, W) size of the returned render (default: the fit resolution).
+            searches: optional per instance None or a :class:`bench.camera_search.CameraSearch`: search
+                that instance's initial camera (:meth:`search_camera`) instead of using ``cameras``.
         Returns:
             :class:`InversionResult`.
         """
         batch = self._batch(images01, masks, class_ids, cameras, seeds)
         stopwatch = Stopwatch(self.device)
+        target = None
+        found: list[Optional[dict]] = [None] * batch.size
+        if searches is not None and any(search is not None for search in searches):
+            with stopwatch("camera_search"):
+                target = self.prepare_target(images01, masks)
+                for row, search in enumerate(searches):
+                    if search is not None:
+                        batch.cameras[row], found[row] = self.search_camera(
+                            target, row, batch.target_mask[row, 0], batch.class_ids[row], seeds[row], search)
         with stopwatch("init"):
-            target = self.prepare_target(images01, masks)
+            target = self.prepare_target(images01, masks) if target is None else target
             init = self.choose_initial_latent(target, batch.target_mask, batch.class_ids, batch.cameras, seeds,
                                               candidates)
         with stopwatch("optimize"):
@@ -377,7 +445,8 @@ class MeshInverter:
             latent=state.z.detach().clone(), camera=state.camera(), texture=texture, mesh_map=mesh_map,
             vertices=rendered.vertices, image=rendered.image, mask=rendered.mask, losses=progress.losses,
             final_terms=progress.final_terms, init_scores=init.scores, chosen=init.chosen, iou_init=init.iou.cpu(),
-            iou_fit=iou_fit.cpu(), errors=progress.errors, timings=timings)
+            iou_fit=iou_fit.cpu(), errors=progress.errors, timings=timings, camera_search=found,
+            camera_init=batch.cameras.detach().cpu())
 
     def _batch(self, images01, masks, class_ids, cameras, seeds: list[int]) -> _Batch:
         batch_size, fit_size = images01.shape[0], images01.shape[-1]

@@ -229,7 +229,8 @@ class MeshInversionMethod(Method):
             torch.stack([item.image for item in items]), torch.stack([item.mask for item in items]),
             torch.tensor([int(sample.class_id) for sample in samples], dtype=torch.long),
             torch.stack([sample.camera.reshape(7).float() for sample in samples]),
-            [sample_seed(sample) for sample in samples], output_size=items[0].output_hw)
+            [sample_seed(sample) for sample in samples], output_size=items[0].output_hw,
+            searches=[getattr(sample, "camera_search", None) for sample in samples])
         instance_seconds = per_instance(result.timings, len(samples))
         return [self._reconstruction(sample, result, row, instance_seconds) for row, sample in enumerate(samples)]
 
@@ -250,7 +251,8 @@ class MeshInversionMethod(Method):
             image=(result.image[row].detach().cpu() / 2 + 0.5),
             mask=mask,
             latent=result.latent[row].detach().cpu(),
-            timings={stage: instance_seconds[stage] for stage in ("total", "init", "optimize")},
+            timings={stage: instance_seconds[stage] for stage in ("total", "camera_search", "init", "optimize")
+                     if stage in instance_seconds},
             losses=result.losses[row],
             info={
                 "iou_init": float(result.iou_init[row]),
@@ -264,8 +266,19 @@ class MeshInversionMethod(Method):
                 "batch_timings": dict(result.timings),
                 "outputs": "last forward (official, one step behind)" if self.config.stale_outputs else "final",
                 "fit_size": self.config.render_size,
+                **self._camera_info(result, row),
             },
         )
+
+    @staticmethod
+    def _camera_info(result, row: int) -> dict[str, Any]:
+        """What the camera search chose for row ``row`` (record keys ``camera_source``, ``camera_init``,
+        ``camera_search``), or nothing when the sample's own camera was used."""
+        found = result.camera_search[row] if result.camera_search else None
+        if found is None:
+            return {}
+        camera = [float(x) for x in result.camera_init[row]]
+        return {"camera_source": "search", "camera_init": camera, "camera_search": found}
 
     # ------------------------------------------------------------------ profiling
     def profile_stages(self, batch_size: int = 1, repeats: int = 3, seed: int = 0) -> dict[str, list[float]]:

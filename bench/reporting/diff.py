@@ -4,7 +4,7 @@
   config, weights and labels, metric protocols), as ``field: A → B``;
 * **environment** — git commit, package versions, device and hardware that differ;
 * **deltas** — per method in both runs and per quantity: mean(B − A) on the instances both
-  finished, its 95 % bootstrap CI and the Wilcoxon signed-rank p (:func:`bench.report.stats.paired`);
+  finished, its 95 % bootstrap CI and the Wilcoxon signed-rank p (:func:`bench.reporting.stats.paired`);
 * **top** — the instances whose value changed most (``|B − A|``, top k), ids as ``bench gallery`` takes them.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.manifest import changed_fields, lookup
-from bench.report import stats
-from bench.report.frames import instance_frame, quantities
-from bench.report.runs import load_runs
+from bench.reporting import stats
+from bench.reporting.frames import instance_frame, quantities
+from bench.reporting.runs import load_runs
 
 VOLATILE = ("run_id", "created", "command", "environment", "resumed")
 
@@ -74,7 +74,7 @@ def print_diff(result: dict) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from bench.report.tables import fmt, signed
+    from bench.reporting.tables import fmt, signed
 
     console = Console() if sys.stdout.isatty() else Console(width=200)
     a, b = result["runs"]

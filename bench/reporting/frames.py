@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.report.runs import ReportRun
+from bench.reporting.runs import ReportRun
 
 _SKIP = {"n_images", "n_instances", "n_failed", "n_without_gt", "kid_subset_size", "kid_std"}
 

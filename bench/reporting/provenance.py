@@ -6,7 +6,7 @@ count: threads then wait for cores, times grow by integer factors) or on differe
 """
 from __future__ import annotations
 
-from bench.report.runs import ReportRun
+from bench.reporting.runs import ReportRun
 
 
 def hardware_line(run: ReportRun) -> str:

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.report import figures, provenance, stats, tables
-from bench.report.frames import corpus_metrics, instance_frame, quantities
-from bench.report.runs import ReportRun, copy_warnings, load_runs, protocol_warnings
-from bench.report.variants import change_lines, config_changes
+from bench.reporting import figures, provenance, stats, tables
+from bench.reporting.frames import corpus_metrics, instance_frame, quantities
+from bench.reporting.runs import ReportRun, copy_warnings, load_runs, protocol_warnings
+from bench.reporting.variants import change_lines, config_changes
 
 
 @dataclass

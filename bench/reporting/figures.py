@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report.stats import common_pairs, group_name, group_values, several_runs
+from bench.reporting.stats import common_pairs, group_name, group_values, several_runs
 
 FORMATS = ("png", "pdf")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from bench.report.frames import is_number
+from bench.reporting.frames import is_number
 from bench.store import strict_json
 
 MISSING = "–"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from bench.manifest import changed_fields, lookup
 from bench.methods_spec import base_name
-from bench.report.runs import ReportRun
-from bench.report.stats import group_name
+from bench.reporting.runs import ReportRun
+from bench.reporting.stats import group_name
 
 
 def profile_config(name: str, profile: str | None) -> dict | None:
