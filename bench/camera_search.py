@@ -25,7 +25,8 @@ import torch
 
 from bench.config import option
 
-__all__ = ["CameraSearch", "SearchOptions", "camera_hypotheses", "grid_rotations", "mask_box", "mask_fit_camera"]
+__all__ = ["CameraSearch", "SearchOptions", "camera_hypotheses", "grid_rotations", "mask_box", "mask_fit_camera",
+           "search_field"]
 
 
 @dataclass(frozen=True)
@@ -55,19 +56,32 @@ class CameraSearch:
                 "scales": "mask box width and height"}
 
 
-@dataclass
 class SearchOptions:
-    """The search's fields of a dataset config that offers ``camera=search`` (one home for them)."""
+    """Mixin of a dataset config that offers ``camera=search``: its ``search_azimuths``,
+    ``search_elevations_deg`` and ``search_candidates`` fields (declared with :func:`search_field`, so
+    that they come after the dataset's own fields in `bench config`) as a :class:`CameraSearch`."""
 
-    search_azimuths: int = option(8, ge=1, help="camera=search: azimuths over 360 degrees")
-    search_elevations_deg: list[float] = option([0.0], ge=-90, le=90, min_length=1,
-                                                help="camera=search: elevations in degrees (each with every azimuth)")
-    search_candidates: int = option(8, ge=1, help="camera=search: starting latents scored at every hypothesis "
-                                    "(K = 2 x azimuths x elevations hypotheses each)")
+    search_azimuths: int
+    search_elevations_deg: list[float]
+    search_candidates: int
 
     @property
     def search(self) -> CameraSearch:
         return CameraSearch(self.search_azimuths, tuple(self.search_elevations_deg), self.search_candidates)
+
+
+def search_field(name: str):
+    """The config field ``search_<name>`` (``azimuths``, ``elevations_deg``, ``candidates``): its
+    default, range and help, the one home of all three."""
+    if name == "azimuths":
+        return option(8, ge=1, help="camera=search: azimuths over 360 degrees")
+    if name == "elevations_deg":
+        return option([0.0], ge=-90, le=90, min_length=1,
+                      help="camera=search: elevations in degrees (each with every azimuth)")
+    if name == "candidates":
+        return option(8, ge=1, help="camera=search: starting latents scored at every hypothesis "
+                      "(K = 2 x azimuths x elevations hypotheses each)")
+    raise ValueError(f"no search field {name!r}")
 
 
 def mask_box(mask: torch.Tensor) -> tuple[float, float, float, float]:

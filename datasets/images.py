@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 import torch
 
-from bench.camera_search import CameraSearch, SearchOptions, mask_fit_camera
+from bench.camera_search import CameraSearch, SearchOptions, mask_fit_camera, search_field
 from bench.config import check_fields, option, require
 from bench.datasets.base import Dataset, Sample
 from bench.errors import InstanceError, UserError
@@ -62,6 +62,9 @@ class ImagesConfig(SearchOptions):
     camera: str = option("search", help="initial camera: search (the method scores a grid of hypotheses) or "
                          "cmr (predicted by the CMR network from cmr_checkpoint)")
     cmr_checkpoint: Optional[str] = option(None, help="the released CMR pred_net_500.pth (camera=cmr)")
+    search_azimuths: int = search_field("azimuths")
+    search_elevations_deg: list[float] = search_field("elevations_deg")
+    search_candidates: int = search_field("candidates")
 
     def __post_init__(self):
         check_fields(self)

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from bench.camera_search import SearchOptions, mask_fit_camera
+from bench.camera_search import SearchOptions, mask_fit_camera, search_field
 from bench.config import check_fields, option, require
 from bench.datasets.base import Dataset, Sample
 from bench.errors import UserError
@@ -67,6 +67,9 @@ class SyntheticConfig(SearchOptions):
                                        "rotation applied to the ground truth")
     camera: str = option("gt+noise", help="initial camera: gt+noise (the noisy ground truth above) or search "
                          "(no camera: the method searches it, as for one's own photos)")
+    search_azimuths: int = search_field("azimuths")
+    search_elevations_deg: list[float] = search_field("elevations_deg")
+    search_candidates: int = search_field("candidates")
 
     def __post_init__(self):
         check_fields(self)  # types and the ranges stated in option(...)
