@@ -68,8 +68,6 @@ class ImagesConfig(SearchOptions):
 
     def __post_init__(self):
         check_fields(self)
-        require(bool(str(self.data_root).strip()), "data_root", "must be a folder of photos with masks "
-                "(bench run --data-root DIR)", self.data_root)
         require(self.camera in CAMERAS, "camera", f"must be one of {', '.join(CAMERAS)}", self.camera)
         require(self.camera != "cmr" or bool(self.cmr_checkpoint), "cmr_checkpoint",
                 "must name the CMR checkpoint when camera=cmr", self.cmr_checkpoint)
@@ -307,6 +305,9 @@ class ImagesDataset(Dataset):
     def __init__(self, config: ImagesConfig | None = None, run_seed: int = 0, **overrides):
         config = config or ImagesConfig(**overrides)
         super().__init__(config, run_seed)
+        if not str(config.data_root).strip():
+            raise UserError("images.data_root is empty: pass the folder of photos with masks (bench run --data-root "
+                            f"DIR); expected {LAYOUT}")
         self.root = Path(config.data_root).expanduser()
         if not self.root.is_dir():
             raise UserError(f"images data root {self.root} is not a folder; expected {LAYOUT}")
