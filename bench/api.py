@@ -236,7 +236,7 @@ def report(runs: str | Path | Sequence[str | Path], out: str | Path | None = Non
         out: output folder (default ``<first run>/report``).
         options: the other options of `bench report` by their flags' names: ``label={"results/a": "A"}``
             (``--label``, repeatable; also as ``labels=``, or a list ``["results/a=A"]``), ``baseline="ours"``,
-            ``resamples=0``, ``seed=...``, ``zoom=True``.
+            ``resamples=0``, ``seed=...``, ``zoom=True``, ``reference="paper"``.
 
     Returns:
         the report folder (``table.csv``, ``report.json``, figures ...).

@@ -24,6 +24,9 @@ COMMANDS = {
     "profile": ("bench.commands.profile:profile", "Timing of any method: per stage (ours) or per reconstruct call."),
     "repair": ("bench.commands.repair:repair", "Move damaged records/metric files aside, restore the manifest."),
     "config": ("bench.commands.config:config", "Every config field of a method or dataset (default, profile, help)."),
+    "sweep": ("bench.commands.sweep:sweep", "Config fields of a method over values, as variants in one run (Tab. 2)."),
+    "sensitivity": ("bench.commands.sensitivity:sensitivity",
+                    "3D shape change vs 2D mask losses under latent jitter (supplement Fig. 1)."),
 }
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import numbers
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -380,12 +381,16 @@ def parse_sets(items) -> dict[str, dict[str, str]]:
     """``["ours.eps_s=0.95", "synthetic.n=4"]`` -> ``{"ours": {"eps_s": "0.95"}, "synthetic": {"n": "4"}}``."""
     out: dict[str, dict[str, str]] = {}
     for item in items or ():
-        key, sep, value = item.partition("=")
-        owner, dot, field = key.strip().partition(".")
-        if not sep or not dot or not field:
+        # the shortest OWNER followed by .KEY= (KEY an identifier): owners may hold '.' and '=' (ours@eps_s=0.99)
+        match = _SET_ITEM.match(item.strip())
+        if match is None:
             raise UserError(f"--set expects OWNER.KEY=VALUE (e.g. ours.iterations=[5,5,5,5]), got {item!r}")
+        owner, field, value = match.groups()
         out.setdefault(owner, {})[field] = value
     return out
+
+
+_SET_ITEM = re.compile(r"^(.+?)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 
 
 def config_to_dict(config) -> dict[str, Any]:

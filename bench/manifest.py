@@ -166,9 +166,13 @@ def run_id_of(manifest: dict) -> str:
 
 
 def new_manifest(*, dataset: dict, methods: dict, metrics: dict, device: str, seed: int, profile: str,
-                 limit: int | None, command: list[str], run_config: dict | None = None) -> dict:
-    """The manifest of one ``bench run`` invocation (``run_config``: the ``--config`` file, if any)."""
+                 limit: int | None, command: list[str], run_config: dict | None = None,
+                 sweep: dict | None = None) -> dict:
+    """The manifest of one ``bench run`` invocation (``run_config``: the ``--config`` file, if any;
+    ``sweep``: what ``bench sweep`` varied, kept in the list ``sweeps``)."""
     extra = {"run_config": {k: v for k, v in run_config.items() if k != "sets"}} if run_config else {}
+    if sweep:
+        extra["sweeps"] = [sweep]
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {
         "run_id": new_run_id(created, command),
@@ -224,7 +228,8 @@ def merge_manifest(old: dict | None, new: dict, run_dir, has_records=lambda meth
     * ``limit`` may change: a larger one (or none) extends the run, a smaller one runs less and keeps
       every record already written (the manifest keeps the larger);
     * methods may be added; a method already present must have the same config, unless it has no
-      records yet (``has_records(name)`` False: an earlier command was rejected before doing work).
+      records yet (``has_records(name)`` False: an earlier command was rejected before doing work);
+    * ``sweeps`` (what each ``bench sweep`` into the run varied) accumulate, each once.
     """
     if old is None:
         return new
@@ -246,6 +251,10 @@ def merge_manifest(old: dict | None, new: dict, run_dir, has_records=lambda meth
     merged["methods"] = {**old.get("methods", {}), **new["methods"]}
     merged["metrics"] = {**old.get("metrics", {}), **new.get("metrics", {})}
     merged["limit"] = _limit(old.get("limit"), new.get("limit"))
+    sweeps = list(old.get("sweeps", []))
+    merged_sweeps = sweeps + [s for s in new.get("sweeps", []) if s not in sweeps]  # a rerun's sweep once
+    if merged_sweeps:
+        merged["sweeps"] = merged_sweeps
     counts = [d.get("instances") for d in (old.get("dataset", {}), new.get("dataset", {}))]
     if all(isinstance(c, int) for c in counts):
         merged["dataset"] = {**old["dataset"], "instances": max(counts)}

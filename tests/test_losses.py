@@ -302,6 +302,39 @@ def test_loss_config_defaults():
     assert (cfg.mask_loss, cfg.pixel_loss, cfg.feat_loss, cfg.nll_loss, cfg.mesh_regularization) == (True,) * 4 + (False,)
     assert cfg.chamfer_resolution == 8192 and cfg.subpool_threshold == 0.5
     assert abs(cfg.gate.eps - 0.8976) < 1e-12
+    assert cfg.xy_threshold == 0.16 and abs(cfg.eps_s - 0.8976) < 1e-12  # both spellings filled in
+
+
+@pytest.mark.parametrize("eps_s", [0.999, 0.99, 0.98, 0.95, 0.9])  # the supplement's Tab. 2 rows
+def test_eps_s_is_the_gate_eps_of_the_released_code(eps_s):
+    """eps_s = 1 - (2 xy_k xy_threshold)^2: set either spelling, get the same gate and both recorded."""
+    import math
+
+    from bench.config import build_config
+    from bench.methods.meshinversion.config import InversionConfig
+
+    tau = math.sqrt(1 - eps_s) / 2  # xy_k = 1
+    by_eps = LossConfig(eps_s=eps_s)
+    by_tau = LossConfig(xy_threshold=tau)
+    assert by_eps.xy_threshold == pytest.approx(tau, rel=1e-10) and by_tau.eps_s == pytest.approx(eps_s, rel=1e-12)
+    assert by_eps.gate.eps == pytest.approx(eps_s, rel=1e-12) and by_tau.gate.eps == pytest.approx(eps_s, rel=1e-12)
+    # with another sharpness k the threshold scales by 1/k
+    assert LossConfig(eps_s=eps_s, xy_k=2.0).xy_threshold == pytest.approx(tau / 2, rel=1e-10)
+    # a config read back (both set, consistent) builds; an inconsistent pair is one line naming both
+    both = build_config(InversionConfig, overrides={"eps_s": eps_s, "xy_threshold": by_eps.xy_threshold}, owner="ours")
+    assert both.eps_s == eps_s
+    with pytest.raises(UserError, match=r"ours\.eps_s and xy_threshold are two spellings of one setting"):
+        build_config(InversionConfig, overrides={"eps_s": eps_s, "xy_threshold": 0.2}, owner="ours")
+
+
+def test_eps_s_out_of_range_is_refused():
+    from bench.config import build_config
+    from bench.methods.meshinversion.config import InversionConfig
+
+    with pytest.raises(UserError, match="eps_s"):
+        build_config(InversionConfig, overrides={"eps_s": "1.5"}, owner="ours")
+    with pytest.raises(UserError, match="xy_k > 0"):
+        build_config(InversionConfig, overrides={"eps_s": "0.9", "xy_k": "0"}, owner="ours")
 
 
 # ------------------------------------------------------------------------------------ VGG

@@ -38,8 +38,11 @@ def test_report_statistics_variants_and_files(runs, tmp_path):
     assert "ours@tight: xy_threshold 0.16 → 0.1" in proc.stdout  # what the variant changed
     assert "ours@tight: xy_threshold 0.16 → 0.1" in (rep / "table.md").read_text()
     variants = pd.read_csv(rep / "variants.csv")
-    assert variants.to_dict("records") == [{"run": "run", "method": "ours@tight", "base": "ours", "field": "xy_threshold",
-                                            "base_value": 0.16, "value": 0.1}]
+    # both spellings of the gate: eps_s = 1 - (2 xy_k xy_threshold)^2
+    assert variants.to_dict("records") == [
+        {"run": "run", "method": "ours@tight", "base": "ours", "field": "xy_threshold", "base_value": 0.16, "value": 0.1},
+        {"run": "run", "method": "ours@tight", "base": "ours", "field": "eps_s", "base_value": pytest.approx(0.8976),
+         "value": pytest.approx(0.96)}]
     recs = load_records(a)
     table = pd.read_csv(rep / "table.csv").set_index("method")
     for method in ("ours", "ours@tight", "cmr-tto"):

@@ -39,6 +39,7 @@ def test_wheel_holds_every_source_module(tmp_path):
     missing = sorted(source_modules() - names)
     assert not missing, f"modules missing from the wheel: {missing}"
     assert "bench/render/data/uvsphere_16rings.obj" in names
+    assert "bench/reporting/data/paper.yaml" in names  # `bench report --reference paper`
 
 
 TOY = '''

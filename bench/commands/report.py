@@ -1,5 +1,6 @@
 """``bench report``: the comparison table with confidence intervals, paired comparisons, what each
-variant changed, provenance warnings, figures (terminal, Markdown, LaTeX, CSV/JSON, PNG/PDF)."""
+variant changed, provenance warnings, reference rows of a paper, the sweep table of a ``bench sweep`` run,
+figures (terminal, Markdown, LaTeX, CSV/JSON, PNG/PDF)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,10 @@ from bench.reporting.stats import RESAMPLES, SEED
               help="Bootstrap resamples of each 95% confidence interval (0: no intervals).")
 @click.option("--seed", type=int, default=SEED, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--zoom", is_flag=True, help="Let plot axes fit the data instead of starting IoU and latency at 0.")
-def report(runs, out, labels, baseline, resamples, seed, zoom):
+@click.option("--reference", metavar="paper|FILE",
+              help="Show a paper's numbers as labelled rows below the measured ones (`paper`: MeshInversion's; "
+                   "FILE: a YAML of the same schema). Never pooled with measured rows.")
+def report(runs, out, labels, baseline, resamples, seed, zoom, reference):
     """Summarise one or more run directories: one row per (run, method), never merged."""
     from bench.errors import UserError
     from bench.reporting import ReportOptions, build_report, print_report
@@ -29,5 +33,6 @@ def report(runs, out, labels, baseline, resamples, seed, zoom):
     for r in runs:
         if not r.exists():
             raise UserError(f"run directory {r} does not exist")
-    opts = ReportOptions(labels=parse_labels(labels), baseline=baseline, resamples=resamples, seed=seed, zoom=zoom)
+    opts = ReportOptions(labels=parse_labels(labels), baseline=baseline, resamples=resamples, seed=seed, zoom=zoom,
+                         reference=reference)
     print_report(build_report(list(runs), out, opts))

@@ -47,56 +47,75 @@ EPILOG = ("Every config field of a method or dataset, with its default, profile 
           "`bench config NAME [--profile P]`.")
 
 
+def run_options(command):
+    """The options of ``bench run`` (everything but ``--methods``), which ``bench sweep`` shares."""
+    options = [
+        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True,
+                     expose_value=True, callback=_load_config_file,
+                     help="YAML/TOML file with these options and a `set:` table; the command line wins."),
+        click.option("--dataset", default="synthetic", show_default=True, help="Dataset name (see `bench ls datasets`)."),
+        click.option("--data-root", type=click.Path(path_type=Path), help="Dataset root folder (file datasets)."),
+        click.option("--split", help="Dataset split (default: the dataset's, usually test)."),
+        click.option("--limit", type=int, help="Use only the first N instances."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:K."),
+        click.option("--out", type=click.Path(), help="Run directory (default results/<dataset>-<profile>)."),
+        click.option("--batch-size", default=1, show_default=True, type=int, help="Instances optimised together."),
+        click.option("--profile", type=click.Choice(PROFILES), default="paper", show_default=True,
+                     help="paper = the released code's settings; fast = CPU-friendly."),
+        click.option("--set", "sets", multiple=True, metavar="OWNER.KEY=VALUE",
+                     help="Override a config field of a method or the dataset, e.g. ours.select_num=50 "
+                          "(fields: `bench config NAME`)."),
+        click.option("--shards", type=int, help="Number of shards (default: visible GPUs on cuda, else 1)."),
+        click.option("--shard", "shard", help="Run only shard I of N (I/N), in this process."),
+        click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+                     show_default=True, help="How shards are started."),
+        click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+                     help="Extra submitit/slurm parameters, e.g. slurm_partition=gpu."),
+        click.option("--retries", default=0, show_default=True, type=int, help="Re-attempts of failed instances."),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="Run seed: every instance's randomness (candidates, subsamples, synthetic scenes) derives "
+                          "from it and the instance's index."),
+        click.option("--num-workers", type=int, help="DataLoader workers (default: the dataset's choice)."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command(epilog=EPILOG)
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True,
-              expose_value=True, callback=_load_config_file,
-              help="YAML/TOML file with these options and a `set:` table; the command line wins.")
 @click.option("--methods", help="Comma-separated methods, e.g. ours,cmr-tto (variants: ours@NAME).")
-@click.option("--dataset", default="synthetic", show_default=True, help="Dataset name (see `bench ls datasets`).")
-@click.option("--data-root", type=click.Path(path_type=Path), help="Dataset root folder (file datasets).")
-@click.option("--split", help="Dataset split (default: the dataset's, usually test).")
-@click.option("--limit", type=int, help="Use only the first N instances.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:K.")
-@click.option("--out", type=click.Path(), help="Run directory (default results/<dataset>-<profile>).")
-@click.option("--batch-size", default=1, show_default=True, type=int, help="Instances optimised together.")
-@click.option("--profile", type=click.Choice(PROFILES), default="paper", show_default=True,
-              help="paper = the released code's settings; fast = CPU-friendly.")
-@click.option("--set", "sets", multiple=True, metavar="OWNER.KEY=VALUE",
-              help="Override a config field of a method or the dataset, e.g. ours.select_num=50 "
-                   "(fields: `bench config NAME`).")
-@click.option("--shards", type=int, help="Number of shards (default: visible GPUs on cuda, else 1).")
-@click.option("--shard", "shard", help="Run only shard I of N (I/N), in this process.")
-@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
-              show_default=True, help="How shards are started.")
-@click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE",
-              help="Extra submitit/slurm parameters, e.g. slurm_partition=gpu.")
-@click.option("--retries", default=0, show_default=True, type=int, help="Re-attempts of failed instances.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Run seed: every instance's randomness (candidates, subsamples, synthetic scenes) derives "
-                   "from it and the instance's index.")
-@click.option("--num-workers", type=int, help="DataLoader workers (default: the dataset's choice).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@run_options
 @click.pass_context
-def run(ctx, config, methods, dataset, data_root, split, limit, device, out, batch_size, profile, sets, shards, shard,
-        launcher, slurm_opts, retries, seed, num_workers, quiet):
+def run(ctx, methods, **options):
     """Run METHODS on DATASET; rerun the same command to resume (finished instances are skipped)."""
+    from bench.errors import UserError
+    from bench.methods_spec import parse_methods
+
+    if not methods:
+        raise UserError("--methods is required (e.g. --methods ours,cmr-tto), on the command line or in --config")
+    execute(ctx, parse_methods(methods), **options)
+
+
+def execute(ctx, specs: list[str], *, config, dataset, data_root, split, limit, device, out, batch_size, profile, sets,
+            shards, shard, launcher, slurm_opts, retries, seed, num_workers, quiet,
+            variant_overrides: dict[str, dict] | None = None, sweep: dict | None = None) -> Path:
+    """``bench run`` of methods ``specs`` with the run options; ``variant_overrides`` (``{spec: {field:
+    value}}``, typed) apply on top of ``--set``, ``sweep`` is recorded in the manifest. Returns the run
+    directory."""
     from bench import launch, registry
     from bench.config import parse_sets
     from bench.devices import parse_device
     from bench.errors import UserError
     from bench.locks import RunLock, exclusive
     from bench.manifest import merge_manifest, new_manifest
-    from bench.methods_spec import parse_methods
     from bench.run_config import merge_sets
     from bench.runner import RunOptions, build_components
     from bench.store import RunDir
 
-    if not methods:
-        raise UserError("--methods is required (e.g. --methods ours,cmr-tto), on the command line or in --config")
-    specs = parse_methods(methods)
     registry.get("datasets", dataset)
     run_config = ctx.meta.get("run_config")
-    overrides = merge_sets((run_config or {}).get("sets", {}), parse_sets(sets))
+    overrides = merge_sets(merge_sets((run_config or {}).get("sets", {}), parse_sets(sets)), variant_overrides or {})
     dataset_over = overrides.pop(dataset, {})
     if data_root is not None:
         dataset_over["data_root"] = str(data_root)
@@ -126,7 +145,7 @@ def run(ctx, config, methods, dataset, data_root, split, limit, device, out, bat
     manifest = new_manifest(
         dataset={**ds.describe(), "instances": len(ds) if limit is None else min(limit, len(ds))},
         methods=described, metrics=instance_metric_protocols(), device=device, seed=seed, profile=profile,
-        limit=limit, command=["bench", *sys.argv[1:]], run_config=run_config)
+        limit=limit, command=["bench", *sys.argv[1:]], run_config=run_config, sweep=sweep)
     previous = run_dir.read_manifest() if run_dir.exists() else None
     if previous is None:
         _check_orphan_records(run_dir, ds, described, seed, profile)
@@ -157,6 +176,7 @@ def run(ctx, config, methods, dataset, data_root, split, limit, device, out, bat
         if lock is not None:
             lock.release()
     _print_summary(run_dir, specs, len(ds), limit)
+    return out
 
 
 def _check_counts(**values) -> None:

@@ -12,7 +12,11 @@ Written into the report folder (default ``RUN/report`` of the first run):
   instance's source file, status and error;
 * ``table.md`` / ``table.tex`` — the display table (mean [95 % CI]), comparisons, changes, warnings;
 * ``protocol.txt``, ``report.json`` (strict JSON: runs, warnings, changes, the tables);
-* ``<quantity>.png|pdf`` and ``paired-<quantity>-<A>-vs-<B>.png|pdf`` figures.
+* ``<quantity>.png|pdf`` and ``paired-<quantity>-<A>-vs-<B>.png|pdf`` figures;
+* with ``--reference paper|FILE``: ``reference.csv`` (the paper's numbers, their source and status),
+  shown below the measured table and never pooled with it;
+* for a run made by ``bench sweep``: ``sweep.csv`` / ``sweep.json`` (one row per swept value, Tab. 2's
+  columns), ``sweep.md`` (with the reference rows of the same values beside them) and ``sweep.png|pdf``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.reporting import figures, provenance, stats, tables
+from bench.reporting import figures, provenance, stats, sweep, tables
+from bench.reporting import reference as ref
 from bench.reporting.frames import corpus_metrics, instance_frame, quantities
 from bench.reporting.runs import ReportRun, copy_warnings, load_runs, protocol_warnings
 from bench.reporting.variants import change_lines, config_changes
@@ -37,6 +42,7 @@ class ReportOptions:
     resamples: int = stats.RESAMPLES
     seed: int = stats.SEED
     zoom: bool = False
+    reference: str | None = None
 
 
 TERMINAL_COLUMNS = 5  # value columns per terminal table
@@ -72,7 +78,8 @@ def _safe(name: str) -> str:
 
 def compute(run_paths: list[Path], options: ReportOptions | None = None) -> dict:
     """Every table of a report, nothing written: ``{"runs", "frame", "quantities", "stats", "table",
-    "display", "comparisons", "changes", "change_lines", "warnings", "protocol", "several", "options"}``."""
+    "display", "comparisons", "changes", "change_lines", "warnings", "protocol", "several", "options",
+    "reference", "reference_display", "sweep", "sweep_display"}``."""
     opts = options or ReportOptions()
     runs = load_runs([Path(p) for p in run_paths], opts.labels)
     frame = instance_frame(runs)
@@ -95,10 +102,15 @@ def compute(run_paths: list[Path], options: ReportOptions | None = None) -> dict
     changes = config_changes(runs)
     warnings = (protocol_warnings(runs) + copy_warnings(runs) + provenance.timing_warnings(runs, frame)
                 + (stats.small_sample_notes(st) if opts.resamples else []))
+    doc = ref.load_reference(opts.reference) if opts.reference else None
+    sweep_table = sweep.sweep_frame(runs, table, qs)
     return {"runs": runs, "frame": frame, "several": several, "quantities": qs, "stats": st, "table": table,
             "display": tables.display_table(table, qs, corpus_names, several, labels), "comparisons": comp,
             "changes": changes, "change_lines": change_lines(changes, several), "warnings": warnings,
-            "protocol": protocol_lines(runs), "options": opts}
+            "protocol": protocol_lines(runs), "options": opts, "reference": doc,
+            "reference_display": ref.display_frame(doc) if doc else None, "sweep": sweep_table,
+            "sweep_display": sweep.display_frame(sweep_table, runs, qs, table, doc, several)
+            if not sweep_table.empty else None}
 
 
 def build_report(run_paths: list[Path], out_dir: Path | None = None, options: ReportOptions | None = None) -> dict:
@@ -141,10 +153,24 @@ def build_report(run_paths: list[Path], out_dir: Path | None = None, options: Re
                           "resamples": opts.resamples, "seed": opts.seed, "paired_test": "Wilcoxon signed-rank"},
            "table": tables.table_json(table), "stats": tables.table_json(result["stats"].drop(columns=["run_key"])),
            "comparisons": tables.table_json(comp)}
+    if result["reference"] is not None:
+        reference = ref.reference_frame(result["reference"])
+        write("reference.csv", reference.to_csv(index=False).encode())
+        doc["reference"] = {"name": result["reference"]["name"], "title": result["reference"].get("title"),
+                            "rows": tables.table_json(reference)}
+    if result["sweep_display"] is not None:
+        write("sweep.csv", result["sweep"].to_csv(index=False).encode())
+        write("sweep.md", sweep_markdown(result).encode())
+        doc["sweep"] = tables.table_json(result["sweep"])
+        atomic_write_json(out_dir / "sweep.json", doc["sweep"], sort_keys=False)
+        files.append(out_dir / "sweep.json")
     for name, obj in (("table.json", tables.table_json(table)), ("report.json", doc)):
         atomic_write_json(out_dir / name, obj, sort_keys=False)
         files.append(out_dir / name)
     files += write_figures(result, out_dir)
+    if result["sweep_display"] is not None:
+        files += figures.sweep_figure(result["sweep"], runs, result["quantities"], result["table"],
+                                      result["reference"], out_dir)
     return {**result, "out_dir": out_dir, "files": files}
 
 
@@ -174,6 +200,10 @@ def markdown(result: dict) -> str:
     parts.append(tables.to_markdown(result["display"]))
     parts.append(f"\nMeans with {int(stats.LEVEL * 100)} % bootstrap CI over instances "
                  f"({result['options'].resamples} resamples, seed {result['options'].seed}).\n")
+    if result["reference"] is not None:
+        parts.append(f"\n{reference_title(result)}\n\n" + tables.to_markdown(result["reference_display"]))
+    if result["sweep_display"] is not None:
+        parts.append("\n" + sweep_markdown(result))
     for q in result["quantities"]:
         t = tables.comparison_table(result["comparisons"], q.name, result["options"].baseline)
         if not t.empty:
@@ -183,6 +213,21 @@ def markdown(result: dict) -> str:
         parts.append("\nWhat each variant changed:\n\n" + "".join(f"* {line}\n" for line in result["change_lines"]))
     parts.append("\nProtocol:\n\n" + "".join(f"    {line}\n" for line in result["protocol"]))
     return "".join(parts)
+
+
+def reference_title(result: dict) -> str:
+    doc = result["reference"]
+    return (f"Reference rows [{doc['name']}]: {doc.get('title') or ''} — reported there, not measured here, "
+            "never pooled with the rows above")
+
+
+def sweep_markdown(result: dict) -> str:
+    """sweep.md: the sweep table (Tab. 2's layout) with reference rows beside the swept values."""
+    fields = ", ".join(sweep.fields_of(result["runs"]))
+    note = (f" Rows `[{result['reference']['name']}]` are the reference's numbers for the same value."
+            if result["reference"] is not None else "")
+    return (f"**Sweep over {fields}** (one row per value; means with {int(stats.LEVEL * 100)} % bootstrap CI)."
+            f"{note}\n\n" + tables.to_markdown(result["sweep_display"]))
 
 
 def print_report(result: dict) -> None:
@@ -196,7 +241,7 @@ def print_report(result: dict) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=200)
 
     def show(df, title: str) -> None:
-        table = Table(title=title)
+        table = Table(title=Text(title, style="italic"))  # Text: "[paper]" is not markup
         for col in df.columns:
             text_col = col in ("run", "method", "labels") or col.endswith(": A") or col in {q.name for q in result["quantities"]}
             table.add_column(Text(str(col)), justify="left" if text_col else "right", no_wrap=col != "labels")
@@ -212,6 +257,14 @@ def print_report(result: dict) -> None:
     for start in range(0, len(values), TERMINAL_COLUMNS):  # wide tables in chunks that fit a terminal
         show(display[keys + values[start:start + TERMINAL_COLUMNS]],
              f"meshbench comparison (mean [{int(stats.LEVEL * 100)}% bootstrap CI])" if start == 0 else "")
+    if result["reference"] is not None:
+        ref_display = result["reference_display"]
+        ref_values = [c for c in ref_display.columns if c != "reference"]
+        for start in range(0, len(ref_values), TERMINAL_COLUMNS):
+            show(ref_display[["reference"] + ref_values[start:start + TERMINAL_COLUMNS]],
+                 reference_title(result) if start == 0 else "")
+    if result["sweep_display"] is not None:
+        show(result["sweep_display"], f"Sweep over {', '.join(sweep.fields_of(result['runs']))}")
     for q in result["quantities"][:1]:
         t = tables.comparison_table(result["comparisons"], q.name, result["options"].baseline)
         if not t.empty:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.reporting.frames import is_number
 from bench.reporting.stats import common_pairs, group_name, group_values, several_runs
 
 FORMATS = ("png", "pdf")
@@ -132,5 +133,67 @@ def paired_figure(frame, quantity, a: tuple[int, str, str], b: tuple[int, str, s
     ax.set_title(_title(f"{quantity.name}: {name_b} vs {name_a}, per instance", warnings), fontsize=9)
     fig.tight_layout()
     paths = _save(fig, out_dir, stem)
+    plt.close(fig)
+    return paths
+
+
+def sweep_figure(frame, runs, quantities, table, doc: dict | None, out_dir: Path) -> list[Path]:
+    """``sweep.png``/``.pdf``: one panel per metric against the first swept field (one line per
+    combination of the other fields), 95 % CI error bars for per-instance quantities, reference values
+    as hollow markers."""
+    from bench.reporting.sweep import fields_of, metric_columns
+
+    if frame.empty:
+        return []
+    plt = _pyplot()
+    fields = fields_of(runs)
+    x_field, others = fields[0], fields[1:]
+    cols = [(n, p) for n, p in metric_columns(table, quantities) if frame.get(f"{n}_mean" if p else n) is not None
+            and frame[f"{n}_mean" if p else n].notna().any()]
+    if not cols:
+        return []
+    labels = {q.name: q.axis_label for q in quantities}
+    width = min(4, len(cols))
+    height = math.ceil(len(cols) / width)
+    fig, axes = plt.subplots(height, width, figsize=(3.6 * width, 3.0 * height), squeeze=False)
+    numeric_x = all(is_number(v) for v in frame[x_field].dropna())
+    xs_all = sorted(set(frame[x_field].dropna())) if numeric_x else list(dict.fromkeys(frame[x_field]))
+    position = (lambda v: v) if numeric_x else (lambda v: xs_all.index(v))
+    log_x = numeric_x and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20
+    groups = frame.groupby([f for f in ["run", "method", *others] if f in frame], sort=False, dropna=False)
+    for k, (name, per_instance) in enumerate(cols):
+        ax = axes[k // width][k % width]
+        for key, g in groups:
+            g = g.sort_values(x_field, key=(None if numeric_x else (lambda s: s.map(xs_all.index))))
+            x = [position(v) for v in g[x_field]]
+            label = " ".join(str(p) for p in (key if isinstance(key, tuple) else (key,)))
+            if per_instance:
+                mean = g[f"{name}_mean"].astype(float)
+                low = (mean - g[f"{name}_ci_low"].astype(float)).clip(lower=0)
+                high = (g[f"{name}_ci_high"].astype(float) - mean).clip(lower=0)
+                ax.errorbar(x, mean, yerr=[low.fillna(0), high.fillna(0)], marker="o", capsize=3, label=label)
+            else:
+                ax.plot(x, g[name].astype(float), marker="o", label=label)
+        if doc:
+            pts = [(m["sweep"][x_field], m["values"].get(name)) for m in doc["rows"]
+                   if set((m.get("sweep") or {})) == {x_field} and m["values"].get(name) is not None]
+            if pts:
+                ax.plot([position(p[0]) for p in pts], [p[1] for p in pts], linestyle="none", marker="s",
+                        markerfacecolor="none", color="black", label=f"[{doc['name']}]")
+        if log_x:
+            ax.set_xscale("log")
+        if not numeric_x:
+            ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
+        ax.set_xlabel(x_field)
+        ax.set_ylabel(labels.get(name, name) + (" (mean, 95% CI)" if per_instance else ""))
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=7)
+    for k in range(len(cols), width * height):
+        axes[k // width][k % width].axis("off")
+    n = sorted(set(int(v) for v in frame["n"]))
+    fig.suptitle(f"bench sweep: metrics against {x_field} (n = {', '.join(map(str, n))} instances per value)")
+    fig.tight_layout()
+    paths = _save(fig, out_dir, "sweep")
     plt.close(fig)
     return paths

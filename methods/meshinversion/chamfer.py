@@ -39,6 +39,8 @@ official code (the losses cast before calling).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +82,20 @@ def auto_chunk_size(batch: int, m: int, device: torch.device | str = "cpu") -> i
     return int(max(8, budget // max(1, batch * m)))
 
 
+DEFAULT_XY_THRESHOLD = 0.16  # the released code's xy_threshold τ
+
+
+def eps_from_threshold(xy_threshold: float, xy_k: float = 1.0) -> float:
+    """The gate's ε = 1 − (2·k·τ)² (``mi:lib/mesh_inversion.py``), which the supplement calls ε_s."""
+    return 1.0 - (2.0 * xy_k * xy_threshold) ** 2
+
+
+def threshold_from_eps(eps_s: float, xy_k: float = 1.0) -> float:
+    """The xy threshold τ = √(1 − ε_s) / (2·k) of a given ε_s (ε_s ≤ 1, k > 0): the inverse of
+    :func:`eps_from_threshold` for τ ≥ 0."""
+    return math.sqrt(1.0 - eps_s) / (2.0 * xy_k)
+
+
 @dataclass(frozen=True)
 class GateParams:
     """Parameters of the texture-loss gate (official argument names in brackets).
@@ -92,13 +108,13 @@ class GateParams:
 
     xy_k: float = 1.0
     xy_alpha: float = 1.0
-    xy_threshold: float = 0.16
+    xy_threshold: float = DEFAULT_XY_THRESHOLD
     rgb_eps: float = 1.0
 
     @property
     def eps(self) -> float:
-        """``1 − (2·k·τ)²`` (0.8976 with the defaults)."""
-        return 1.0 - (2.0 * self.xy_k * self.xy_threshold) ** 2
+        """``1 − (2·k·τ)²`` (0.8976 with the defaults), the supplement's ε_s."""
+        return eps_from_threshold(self.xy_threshold, self.xy_k)
 
 
 # --------------------------------------------------------------------------------------------

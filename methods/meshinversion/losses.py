@@ -25,6 +25,7 @@ indices can be injected (``indices=``) to reproduce a recorded call.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.config import check_fields, option
+from bench.config import check_fields, option, require
 from bench.metrics.iou import mask_iou
 
-from .chamfer import GateParams, chamfer_sq, gated_chamfer, masked_mean
+from .chamfer import (DEFAULT_XY_THRESHOLD, GateParams, chamfer_sq, eps_from_threshold, gated_chamfer, masked_mean,
+                      threshold_from_eps)
 
 __all__ = [
     "LossConfig",
@@ -43,6 +45,7 @@ __all__ = [
     "PointSet",
     "chamfer_mask_loss",
     "criterion",
+    "eps_from_threshold",
     "feat_texture_loss",
     "feature_points",
     "flat_loss",
@@ -55,6 +58,7 @@ __all__ = [
     "prepare_targets",
     "subsample_indices",
     "texture_chamfer_loss",
+    "threshold_from_eps",
 ]
 
 IndexPairs = Sequence[tuple[Tensor, Tensor]]
@@ -83,7 +87,12 @@ class LossConfig:
     nll_loss: bool = option(True, help="use the latent prior during optimisation (official: on)")
     mesh_regularization: bool = option(
         False, help="add the ConvMesh flatness term (official --mesh_regularization_loss, off)")
-    xy_threshold: float = option(0.16, ge=0, help="xy distance gate of the texture Chamfer terms (official 0.16)")
+    xy_threshold: float | None = option(
+        None, ge=0, help="xy distance gate tau of the texture Chamfer terms (official 0.16, used when neither it nor "
+                         "eps_s is set)")
+    eps_s: float | None = option(
+        None, le=1, help="the supplement's eps_s = 1 - (2 xy_k xy_threshold)^2: xy_threshold spelt as in its Tab. 2 "
+                         "(0.8976 at the defaults); set one of the two, both are recorded")
     xy_k: float = option(1.0, ge=0, help="sharpness of the xy gate (official 1)")
     xy_alpha: float = option(1.0, ge=0, help="height of the xy gate (official 1)")
     rgb_eps: float = option(1.0, ge=0, help="colour/feature epsilon of the gated distance (official 1)")
@@ -97,11 +106,32 @@ class LossConfig:
 
     def __post_init__(self):
         check_fields(self)  # every field's type and range (its option(...))
+        self.xy_threshold, self.eps_s = resolve_xy_gate(self.xy_threshold, self.eps_s, self.xy_k)
 
     @property
     def gate(self) -> GateParams:
         return GateParams(xy_k=self.xy_k, xy_alpha=self.xy_alpha, xy_threshold=self.xy_threshold,
                           rgb_eps=self.rgb_eps)
+
+
+def resolve_xy_gate(xy_threshold: float | None, eps_s: float | None, xy_k: float) -> tuple[float, float]:
+    """``(xy_threshold, eps_s)``, both filled in, from whichever of the two spellings is set.
+
+    Neither set: the released code's τ = 0.16. Both set: they must agree (else `ConfigError`), so a
+    config dict read back from a manifest, which holds both, builds the same config.
+    """
+    if eps_s is None:
+        tau = DEFAULT_XY_THRESHOLD if xy_threshold is None else xy_threshold
+        return tau, eps_from_threshold(tau, xy_k)
+    require(xy_k > 0, "eps_s", "needs xy_k > 0 (with xy_k = 0 the gate is off; set xy_threshold instead)", eps_s)
+    tau = float(f"{threshold_from_eps(eps_s, xy_k):.12g}")  # 0.05, not 0.050000000000000024, in manifests
+    if xy_threshold is not None:
+        require(math.isclose(xy_threshold, tau, rel_tol=1e-6, abs_tol=1e-12), "eps_s and xy_threshold",
+                f"are two spellings of one setting (eps_s = 1 - (2 xy_k xy_threshold)^2 = "
+                f"{eps_from_threshold(xy_threshold, xy_k):.6g} for xy_threshold {xy_threshold}); set only one",
+                (eps_s, xy_threshold))
+        tau = xy_threshold
+    return tau, eps_s
 
 
 @dataclass
