@@ -35,14 +35,14 @@ def test_report_statistics_variants_and_files(runs, tmp_path):
     a = runs["a"]
     rep = tmp_path / "rep"
     proc = bench("report", a, "--out", rep, "--resamples", "500", check=True)
-    assert "ours@tight: xy_threshold 0.16 → 0.1" in proc.stdout  # what the variant changed
-    assert "ours@tight: xy_threshold 0.16 → 0.1" in (rep / "table.md").read_text()
+    change = "ours@tight: eps_s 0.8976 → 0.96; xy_threshold 0.16 → 0.1"  # what the variant changed (both spellings)
+    assert change in proc.stdout and change in (rep / "table.md").read_text()
     variants = pd.read_csv(rep / "variants.csv")
     # both spellings of the gate: eps_s = 1 - (2 xy_k xy_threshold)^2
     assert variants.to_dict("records") == [
-        {"run": "run", "method": "ours@tight", "base": "ours", "field": "xy_threshold", "base_value": 0.16, "value": 0.1},
         {"run": "run", "method": "ours@tight", "base": "ours", "field": "eps_s", "base_value": pytest.approx(0.8976),
-         "value": pytest.approx(0.96)}]
+         "value": pytest.approx(0.96)},
+        {"run": "run", "method": "ours@tight", "base": "ours", "field": "xy_threshold", "base_value": 0.16, "value": 0.1}]
     recs = load_records(a)
     table = pd.read_csv(rep / "table.csv").set_index("method")
     for method in ("ours", "ours@tight", "cmr-tto"):
@@ -162,6 +162,6 @@ def test_bench_diff_shows_the_changed_field_and_the_deltas(runs, tmp_path):
 
 def test_one_method_with_other_configs_in_two_runs_is_named(runs, tmp_path):
     proc = bench("report", runs["a"], runs["b"], "--out", tmp_path / "rep", "--resamples", "0", check=True)
-    assert "b/run/ours (vs a/run/ours): xy_threshold 0.16 → 0.1" in proc.stdout
+    assert "b/run/ours (vs a/run/ours): eps_s 0.8976 → 0.96; xy_threshold 0.16 → 0.1" in proc.stdout
     table = pd.read_csv(tmp_path / "rep" / "table.csv")
     assert list(table["run"]) == ["a/run"] * 3 + ["b/run"]

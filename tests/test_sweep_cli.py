@@ -151,3 +151,17 @@ def test_grid_and_bad_params():
         res = CliRunner().invoke(main, ["sweep", *args, "--out", "/nonexistent-dir/never-written", "--quiet"])
         assert res.exit_code == 2, (args, res.output)
         assert res.output.count("\n") == 1 and needle in res.output, (args, res.output)
+
+
+def test_ablation_grid_of_the_sweep_variants(swept, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    proc = bench("figure", "ablation", swept["out"], "--instances", "2", "--out", out, check=True)
+    assert str(out) in proc.stdout and out.with_suffix(".pdf").is_file()
+    width, height = Image.open(out).size
+    assert width > 1.5 * height  # 2 rows x (input + 2 renders + 2 novel views)
+    bad = bench("figure", "ablation", swept["out"], "--methods", "ours@eps_s=0.5")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no records of ours@eps_s=0.5" in bad.stderr
+    bad = bench("figure", "ablation", swept["out"], "--ids", "99999")
+    assert bad.returncode == 2 and "99999" in bad.stderr and bad.stderr.count("\n") == 1

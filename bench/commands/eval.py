@@ -186,10 +186,15 @@ def _option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _eval_options(fn):
-    """One click option per `EvalOptions` field, default and help from the field."""
+def eval_options(names: tuple[str, ...] | None = None):
+    """A decorator adding one click option per `EvalOptions` field (or the fields ``names``), default
+    and help from the field (``bench eval-generator`` takes the extractor and KID ones)."""
+    return lambda fn: _eval_options(fn, names)
+
+
+def _eval_options(fn, names: tuple[str, ...] | None = None):
     hints = typing.get_type_hints(EvalOptions)
-    for f in reversed(dataclasses.fields(EvalOptions)):
+    for f in reversed([f for f in dataclasses.fields(EvalOptions) if names is None or f.name in names]):
         hint = hints[f.name]
         kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         help_text = f.metadata.get("help", "")
@@ -203,27 +208,33 @@ def _eval_options(fn):
     return fn
 
 
+def parse_eval_options(options: dict) -> EvalOptions:
+    """`EvalOptions` of the command's options; a bad value is one line naming its flag."""
+    from bench.config import ConfigError
+    from bench.devices import parse_device
+    from bench.errors import UserError
+
+    options = {**options, "device": parse_device(options.get("device", "cpu"))}
+    try:
+        return EvalOptions(**options)
+    except ConfigError as err:  # "batch_size must be ..." -> "--batch-size must be ..."
+        field_name, _, rest = str(err).partition(" ")
+        raise UserError(f"{_option_flag(field_name)} {rest}") from None
+
+
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--metrics", help="Comma-separated metrics (default: every registered metric, see `bench ls`; "
               "synthetic-only ones such as shape3d only on synthetic runs).")
 @click.option("--methods", help="Comma-separated methods to evaluate (default: all in the run).")
-@_eval_options
+@eval_options()
 def eval_cmd(run_dir, metrics, methods, **options):
     """Corpus-level metrics (IoU, FID_1/10/12, KID, 3D, latency) of RUN_DIR into RUN_DIR/metrics/."""
     from bench import registry
-    from bench.config import ConfigError
-    from bench.devices import parse_device
-    from bench.errors import UserError
     from bench.metrics.reference import dataset_name
     from bench.store import RunDir
 
-    options["device"] = parse_device(options["device"])
-    try:
-        opts = EvalOptions(**options)
-    except ConfigError as err:  # "batch_size must be ..." -> "--batch-size must be ..."
-        field_name, _, rest = str(err).partition(" ")
-        raise UserError(f"{_option_flag(field_name)} {rest}") from None
+    opts = parse_eval_options(options)
     run = RunDir(run_dir)
     manifest = run.read_manifest()
     names = _parse_metrics(metrics, dataset_name(manifest) == "synthetic")

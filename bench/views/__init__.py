@@ -1,0 +1,2 @@
+"""What a person looks at: qualitative figures of a run's reconstructions (read from the run directory
+through :class:`bench.store.RunDir`; nothing here reaches into a method)."""
