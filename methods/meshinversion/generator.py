@@ -226,12 +226,7 @@ class Generator(nn.Module):
             texture (B,3,R,R) in (-1,1), RGB, row 0 = north pole (top of the UV map);
             mesh_map (B,3,32,32) unbounded (normal, tangent, bitangent) displacements.
         """
-        c = class_ids.reshape(-1).long()
-        w = torch.cat([z, self.emb_class(c)], dim=1)  # (B,128)
-        x = self.fc(w).view(-1, 512, 8, 4)
-        x = _up(self.blk1(x, w))  # (B,512,16,8)
-        x = _up(self.blk2(x, w))  # (B,256,32,16): shared trunk
-
+        x, w = self._trunk(z, class_ids)
         t = x
         for name in self.extra_blocks:
             t = _up(getattr(self, name)(t, w))
@@ -239,10 +234,25 @@ class Generator(nn.Module):
         t = _up(self.blk5(t, w))
         t = F.leaky_relu(self.blk6(t, w), _LRELU)
         texture = torch.tanh(self.conv_final(_pad_cols(t, 2)))  # (B,3,R,R/2)
+        return symmetrize(texture), symmetrize(self._mesh_head(x, w))
 
+    def mesh_map(self, z: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """The mesh map alone, (B,3,32,32), bitwise ``forward(z, class_ids)[1]`` without the texture
+        branch (several times cheaper; silhouettes do not depend on the texture)."""
+        return symmetrize(self._mesh_head(*self._trunk(z, class_ids)))
+
+    def _trunk(self, z: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared trunk: features (B,256,32,16) and the conditioning vector w (B,128)."""
+        c = class_ids.reshape(-1).long()
+        w = torch.cat([z, self.emb_class(c)], dim=1)  # (B,128)
+        x = self.fc(w).view(-1, 512, 8, 4)
+        x = _up(self.blk1(x, w))  # (B,512,16,8)
+        return _up(self.blk2(x, w)), w  # (B,256,32,16)
+
+    def _mesh_head(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Half mesh map (B,3,32,16) from the trunk features (before symmetrisation)."""
         m = F.leaky_relu(self.blk3_mesh(x, w), _LRELU)
-        mesh = adjust_poles(self.conv_mesh(_pad_cols(m, 2)))  # (B,3,32,16)
-        return symmetrize(texture), symmetrize(mesh)
+        return adjust_poles(self.conv_mesh(_pad_cols(m, 2)))
 
     def extra_repr(self) -> str:
         return f"texture_resolution={self.texture_resolution}, label={self.label!r}"
