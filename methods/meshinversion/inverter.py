@@ -582,7 +582,7 @@ class InversionCriterion:
 
     Args:
         config: :class:`InversionConfig`; its :class:`.losses.LossConfig` fields are the criterion's.
-        vgg: :class:`.vgg.VGGRelu31` (required when ``config.feat_loss``).
+        vgg: :class:`.vgg.VGGRelu31` (required when a feature-level texture term is on, ``feature_term``).
         device: the device the networks run on (decides the ``batch_invariant`` default).
     """
 
@@ -590,8 +590,8 @@ class InversionCriterion:
         self.vgg = RowByRow(vgg) if vgg is not None and resolve_batch_invariant(config, device) else vgg
         self.loss_config = losses.LossConfig(**{f.name: getattr(config, f.name) for f in fields(losses.LossConfig)})
         self.no_prior = replace(self.loss_config, nll_loss=False)
-        if config.feat_loss and vgg is None:
-            raise ValueError("feat_loss needs a VGG network")
+        if self.loss_config.feature_term is not None and vgg is None:
+            raise ValueError(f"the feature-level texture term ({self.loss_config.texture_loss}) needs a VGG network")
 
     def prepare_target(self, image: torch.Tensor, mask: torch.Tensor):
         """image (B,3,H,W) in [-1,1], mask (B,1,H,W) -> :class:`.losses.LossTargets`."""
@@ -607,7 +607,8 @@ class InversionCriterion:
         """The prepared target of every row (instances repeated as ``rows`` says)."""
         return losses.LossTargets(image=target.image[rows], mask=target.mask[rows],
                                   points=self._select_points(target.points, rows),
-                                  feat_points=self._select_points(target.feat_points, rows))
+                                  feat_points=self._select_points(target.feat_points, rows),
+                                  features=target.features[rows] if target.features is not None else None)
 
     def _subsample_indices(self, pred_counts: torch.Tensor, target_counts: torch.Tensor, rngs):
         """Per row (prediction indices, target indices): ``randperm(n)[:R]``, identity when n <= R."""
@@ -634,9 +635,9 @@ class InversionCriterion:
         row_target = self.select(target, rows) if rows is not None else target
         pixel_counts = (mask.detach() > config.mask_threshold).flatten(1).sum(1)
         indices = {"pixel": self._subsample_indices(pixel_counts, row_target.points.lengths, generators)}
-        if config.feat_loss:
-            if pred_features is None:
-                pred_features = self.vgg(image, mask)
+        if config.feature_term is not None and pred_features is None:
+            pred_features = self.vgg(image, mask)
+        if config.feature_term == "feat":  # the Chamfer term's subsampling draws
             pool = mask.shape[-2] // pred_features.shape[-2]
             pooled = F.avg_pool2d(mask.detach().to(pred_features.dtype), pool) >= config.subpool_threshold
             feature_counts = pooled.flatten(1).sum(1)

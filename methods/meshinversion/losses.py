@@ -64,6 +64,13 @@ __all__ = [
 IndexPairs = Sequence[tuple[Tensor, Tensor]]
 
 
+#: ``texture_loss`` values -> the term names they use (``criterion``'s ``terms``, the loss traces).
+PIXEL_TERMS = {"chamfer": "pixel", "pixel-chamfer": "pixel", "l1": "pixel_l1"}
+FEATURE_TERMS = {"chamfer": "feat", "feature-chamfer": "feat", "perceptual": "feat_perceptual",
+                 "contextual": "feat_contextual"}
+TEXTURE_LOSSES = ("chamfer", "pixel-chamfer", "feature-chamfer", "l1", "perceptual", "contextual")
+
+
 @dataclass
 class LossConfig:
     """Weights, switches and parameters of :func:`criterion`: the one table of their defaults.
@@ -103,10 +110,29 @@ class LossConfig:
         8192, ge=1, help="random subsample size of each texture Chamfer point set (official 8192; None = no subsampling)")
     chunk_size: int | None = option(
         None, ge=1, help="rows per Chamfer distance block, a memory knob (None = automatic, chamfer.auto_chunk_size)")
+    texture_loss: str = option(
+        "chamfer", help="texture terms (supplement Fig. 2): chamfer (pixel + feature Chamfer, official) | "
+                        "pixel-chamfer | feature-chamfer | l1 (pixel-aligned, masked RGB) | perceptual (pixel-aligned "
+                        "relu3_1) | contextual (Mechrez et al. 2018 on relu3_1); weights pixel_/feat_loss_weight")
+    contextual_h: float = option(0.5, gt=0, help="bandwidth h of the contextual loss (Mechrez et al. 2018: 0.5)")
+    contextual_eps: float = option(1e-5, gt=0, help="epsilon of the contextual loss's relative distance (paper: 1e-5)")
 
     def __post_init__(self):
         check_fields(self)  # every field's type and range (its option(...))
+        require(self.texture_loss in TEXTURE_LOSSES, "texture_loss", f"must be one of {', '.join(TEXTURE_LOSSES)}",
+                self.texture_loss)
         self.xy_threshold, self.eps_s = resolve_xy_gate(self.xy_threshold, self.eps_s, self.xy_k)
+
+    @property
+    def pixel_term(self) -> str | None:
+        """The pixel-level texture term in use: ``pixel`` (Chamfer), ``pixel_l1`` or None."""
+        return PIXEL_TERMS.get(self.texture_loss) if self.pixel_loss else None
+
+    @property
+    def feature_term(self) -> str | None:
+        """The feature-level texture term in use (needs VGG): ``feat`` (Chamfer), ``feat_perceptual``,
+        ``feat_contextual`` or None."""
+        return FEATURE_TERMS.get(self.texture_loss) if self.feat_loss else None
 
     @property
     def gate(self) -> GateParams:
@@ -180,6 +206,7 @@ class LossTargets:
     mask: Tensor
     points: PointSet
     feat_points: PointSet | None = None
+    features: Tensor | None = None  # (B, 256, h, w) relu3_1 of the target (feature-level terms)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,6 +390,32 @@ def feat_texture_loss(pred_features: Tensor, pred_mask: Tensor, target: PointSet
                                 indices=indices, chunk_size=config.chunk_size)
 
 
+def pixel_level_loss(pred_image: Tensor, pred_mask: Tensor, targets: LossTargets, config: LossConfig, *,
+                     generator: torch.Generator | None = None, indices: IndexPairs | None = None) -> Tensor:
+    """The pixel-level texture term ``config.pixel_term`` (Chamfer or L1) -> (B,) float64."""
+    if config.pixel_term == "pixel_l1":
+        from .texture_terms import l1_texture_loss
+
+        return l1_texture_loss(pred_image, targets.image, targets.mask)
+    return pixel_texture_loss(pred_image, pred_mask, targets.points, config, generator=generator, indices=indices)
+
+
+def feature_level_loss(pred_features: Tensor, pred_mask: Tensor, targets: LossTargets, config: LossConfig, *,
+                       generator: torch.Generator | None = None, indices: IndexPairs | None = None) -> Tensor:
+    """The feature-level texture term ``config.feature_term`` (Chamfer, perceptual or contextual) of
+    pred_features (B, 256, h, w) -> (B,) float64."""
+    from . import texture_terms
+
+    if config.feature_term == "feat_perceptual":
+        cells = texture_terms.grid_mask(targets.mask, pred_features.shape[-2:], config.subpool_threshold)
+        return texture_terms.perceptual_loss(pred_features, targets.features, cells)
+    if config.feature_term == "feat_contextual":
+        pred = feature_points(pred_features, pred_mask, config.subpool_threshold, config.mask_threshold)
+        return texture_terms.contextual_loss(pred, targets.feat_points, config.contextual_h, config.contextual_eps)
+    return feat_texture_loss(pred_features, pred_mask, targets.feat_points, config, generator=generator,
+                             indices=indices)
+
+
 def nll_loss(z: Tensor) -> Tensor:
     """Gaussian prior on the latent: z (B, L) -> mean_i z_i²/2 (B,)."""
     return (z.pow(2) / 2).mean(dim=1)
@@ -392,14 +445,14 @@ def prepare_targets(image: Tensor, mask: Tensor, config: LossConfig = LossConfig
     """
     mask = _mask4(mask).to(image.dtype)
     points = get_vtx_color(mask, image, config.mask_threshold)
-    feat_points = None
-    if config.feat_loss:
+    feat_points = features = None
+    if config.feature_term is not None:
         if vgg is None:
             raise ValueError("the feature texture loss needs the VGG network (vgg=...) or feat_loss=False")
         with torch.no_grad():
-            feat_points = feature_points(vgg(image, mask), mask, config.subpool_threshold,
-                                         config.mask_threshold)
-    return LossTargets(image=image, mask=mask, points=points, feat_points=feat_points)
+            features = vgg(image, mask)
+            feat_points = feature_points(features, mask, config.subpool_threshold, config.mask_threshold)
+    return LossTargets(image=image, mask=mask, points=points, feat_points=feat_points, features=features)
 
 
 def criterion(pred_image: Tensor, pred_mask: Tensor, targets: LossTargets, *, vtx_xy: Tensor | None = None,
@@ -417,7 +470,8 @@ def criterion(pred_image: Tensor, pred_mask: Tensor, targets: LossTargets, *, vt
     indices: {"pixel" | "feat": [(idx_a, idx_b) per instance]} to replay recorded draws.
 
     Returns ``(total (B,), terms)``; terms holds the unweighted (B,) value of every enabled term
-    ("mask", "pixel", "feat", "nll", "flat") and "iou" (B,) (detached, logged, not optimised).
+    ("mask", "pixel" | "pixel_l1", "feat" | "feat_perceptual" | "feat_contextual" (``texture_loss``),
+    "nll", "flat") and "iou" (B,) (detached, logged, not optimised).
     ``total`` is float64 when a texture term is on. Optimise ``total.sum()``.
     """
     indices = indices or {}
@@ -435,20 +489,18 @@ def criterion(pred_image: Tensor, pred_mask: Tensor, targets: LossTargets, *, vt
             raise ValueError("the mask term needs vtx_xy (B, V, 2)")
         add("mask", chamfer_mask_loss(vtx_xy, targets.points.xy, targets.points.lengths,
                                       config.chunk_size), config.mask_loss_weight)
-    if config.pixel_loss:
-        add("pixel", pixel_texture_loss(pred_image, pred_mask, targets.points, config,
-                                        generator=generator, indices=indices.get("pixel")),
-            config.pixel_loss_weight)
-    if config.feat_loss:
+    if config.pixel_term is not None:
+        add(config.pixel_term, pixel_level_loss(pred_image, pred_mask, targets, config, generator=generator,
+                                                indices=indices.get("pixel")), config.pixel_loss_weight)
+    if config.feature_term is not None:
         if targets.feat_points is None:
             raise ValueError("targets have no feature points: prepare_targets(..., vgg=...) with feat_loss")
         if pred_features is None:
             if vgg is None:
                 raise ValueError("the feature texture loss needs vgg=... or pred_features=...")
             pred_features = vgg(pred_image, pred_mask)
-        add("feat", feat_texture_loss(pred_features, pred_mask, targets.feat_points, config,
-                                      generator=generator, indices=indices.get("feat")),
-            config.feat_loss_weight)
+        add(config.feature_term, feature_level_loss(pred_features, pred_mask, targets, config, generator=generator,
+                                                    indices=indices.get("feat")), config.feat_loss_weight)
     if config.nll_loss:
         if z is None:
             raise ValueError("the nll term needs z (B, L)")

@@ -90,7 +90,7 @@ class MeshInversionMethod(Method):
         ("off" | "file" | "random" | "missing", path). A ``vgg_weights`` file that does not exist
         raises :class:`UserError`."""
         cfg = self.config
-        if not cfg.feat_loss:
+        if cfg.feature_term is None:  # feat_loss off, or a texture_loss without a feature-level term
             return "off", None
         path = resolve_weights(cfg.vgg_weights, (VGG19_FILENAME,), option=VGG_WEIGHTS_OPTION)
         if path is not None:
@@ -331,17 +331,15 @@ class MeshInversionMethod(Method):
                     term = losses.chamfer_mask_loss(rendered.vtx_xy, target.points.xy, target.points.lengths,
                                                     loss_config.chunk_size)
                 total = total + loss_config.mask_loss_weight * term
-            if loss_config.pixel_loss:
+            if loss_config.pixel_term is not None:
                 with stopwatch("loss:pixel"):
-                    term = losses.pixel_texture_loss(rendered.image, rendered.mask, target.points, loss_config,
-                                                     generator=rng)
+                    term = losses.pixel_level_loss(rendered.image, rendered.mask, target, loss_config, generator=rng)
                 total = total + loss_config.pixel_loss_weight * term
-            if loss_config.feat_loss:
+            if loss_config.feature_term is not None:
                 with stopwatch("vgg"):
                     features = self.criterion.vgg(rendered.image, rendered.mask)
                 with stopwatch("loss:feat"):
-                    term = losses.feat_texture_loss(features, rendered.mask, target.feat_points, loss_config,
-                                                    generator=rng)
+                    term = losses.feature_level_loss(features, rendered.mask, target, loss_config, generator=rng)
                 total = total + loss_config.feat_loss_weight * term
             if loss_config.nll_loss:
                 with stopwatch("loss:nll"):
