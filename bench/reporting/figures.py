@@ -171,9 +171,10 @@ def sweep_figure(frame, runs, quantities, table, doc: dict | None, out_dir: Path
                 mean = g[f"{name}_mean"].astype(float)
                 low = (mean - g[f"{name}_ci_low"].astype(float)).clip(lower=0)
                 high = (g[f"{name}_ci_high"].astype(float) - mean).clip(lower=0)
-                ax.errorbar(x, mean, yerr=[low.fillna(0), high.fillna(0)], marker="o", capsize=3, label=label)
+                ax.errorbar(x, mean, yerr=[low.fillna(0), high.fillna(0)], marker="o", capsize=3, label=label,
+                            linestyle="-" if numeric_x else "none")  # no line between unordered categories
             else:
-                ax.plot(x, g[name].astype(float), marker="o", label=label)
+                ax.plot(x, g[name].astype(float), marker="o", label=label, linestyle="-" if numeric_x else "none")
         if doc:
             pts = [(m["sweep"][x_field], m["values"].get(name)) for m in doc["rows"]
                    if set((m.get("sweep") or {})) == {x_field} and m["values"].get(name) is not None]
@@ -183,7 +184,7 @@ def sweep_figure(frame, runs, quantities, table, doc: dict | None, out_dir: Path
         if log_x:
             ax.set_xscale("log")
         if not numeric_x:
-            ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all])
+            ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all], rotation=30, ha="right")
         ax.set_xlabel(x_field)
         ax.set_ylabel(labels.get(name, name) + (" (mean, 95% CI)" if per_instance else ""))
         ax.grid(alpha=0.3)
