@@ -141,3 +141,91 @@ def test_each_variant_lowers_its_own_objective(variant):
 def test_bad_texture_loss_is_one_line():
     with pytest.raises(UserError, match=r"ours\.texture_loss must be one of chamfer, pixel-chamfer, "):
         bench.load_method("ours", profile="fast", texture_loss="foo")
+
+
+def _two_instances(size=32, seed=4):
+    """Two (image, mask, prediction, vertices, latent) instances with masks of different sizes."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(2, 3, size, size, generator=g) * 2 - 1
+    mask = torch.zeros(2, 1, size, size)
+    mask[0, :, 8:24, 6:26] = 1
+    mask[1, :, 4:12, 10:30] = 1
+    pred_mask = mask.roll(2, dims=-1)
+    pred = (torch.rand(2, 3, size, size, generator=g) * 2 - 1) * pred_mask
+    vtx, z = torch.rand(2, 50, 2, generator=g) * 2 - 1, torch.randn(2, 64, generator=g)
+    return image, mask, pred, pred_mask, vtx, z
+
+
+def test_default_is_todays_criterion_term_by_term():
+    """texture_loss=chamfer (the default) is the official criterion: the same term functions, weights
+    and names as before the field existed, bitwise."""
+    from bench.methods.meshinversion.losses import (chamfer_mask_loss, feat_texture_loss, nll_loss,
+                                                    pixel_texture_loss)
+    from bench.methods.meshinversion.vgg import VGGRelu31
+
+    image, mask, pred, pred_mask, vtx, z = _two_instances()
+    vgg = VGGRelu31()
+    default, named = LossConfig(chamfer_resolution=None), LossConfig(texture_loss="chamfer", chamfer_resolution=None)
+    assert default == named and default.pixel_term == "pixel" and default.feature_term == "feat"
+    targets = prepare_targets(image, mask, default, vgg)
+    assert targets.features is None  # raw target maps are kept for `perceptual` only
+    total, terms = criterion(pred, pred_mask, targets, vtx_xy=vtx, z=z, config=named, vgg=vgg)
+    feats = vgg(pred, pred_mask)
+    want = {"mask": chamfer_mask_loss(vtx, targets.points.xy, targets.points.lengths),
+            "pixel": pixel_texture_loss(pred, pred_mask, targets.points, default),
+            "feat": feat_texture_loss(feats, pred_mask, targets.feat_points, default),
+            "nll": nll_loss(z)}
+    assert set(terms) == set(want) | {"iou"}
+    for name, value in want.items():
+        assert torch.equal(terms[name], value), name
+    assert torch.equal(total, 10 * want["mask"] + 1 * want["pixel"] + 0.04 * want["feat"] + 0.05 * want["nll"])
+
+
+@pytest.mark.parametrize("variant", TEXTURE_LOSSES)
+def test_batch_of_two_sizes_equals_each_alone(variant):
+    """Every variant through the criterion: instances with different mask/feature-cell counts in one
+    padded batch get the values they get alone."""
+    from bench.methods.meshinversion.inverter import RowByRow
+    from bench.methods.meshinversion.vgg import VGGRelu31
+
+    image, mask, pred, pred_mask, vtx, z = _two_instances()
+    vgg = RowByRow(VGGRelu31())  # convolutions row by row: the features themselves batch-invariant
+    cfg = LossConfig(texture_loss=variant, chamfer_resolution=None)
+    targets = prepare_targets(image, mask, cfg, vgg)
+    if cfg.feature_term is not None:
+        assert targets.feat_points.lengths[0] != targets.feat_points.lengths[1]
+    total, terms = criterion(pred, pred_mask, targets, vtx_xy=vtx, z=z, config=cfg, vgg=vgg)
+    assert total.shape == (2,)
+    for b in range(2):
+        one = slice(b, b + 1)
+        alone_targets = prepare_targets(image[one], mask[one], cfg, vgg)
+        alone, alone_terms = criterion(pred[one], pred_mask[one], alone_targets, vtx_xy=vtx[one], z=z[one],
+                                       config=cfg, vgg=vgg)
+        assert float(total[b]) == pytest.approx(float(alone[0]), rel=1e-12, abs=1e-12)
+        for name, value in alone_terms.items():
+            assert float(terms[name][b]) == pytest.approx(float(value[0]), rel=1e-12, abs=1e-12), name
+
+
+def test_switches_and_vgg_policy(tmp_path, monkeypatch):
+    """pixel_loss / feat_loss still switch a level off; only a feature-level variant needs VGG19: with a
+    real checkpoint and no VGG file, `l1` and `pixel-chamfer` set up, `perceptual` asks for the file."""
+    from bench.methods.meshinversion.config import InversionConfig
+    from bench.methods.meshinversion.method import MeshInversionMethod
+
+    assert LossConfig(texture_loss="l1", pixel_loss=False).pixel_term is None
+    assert LossConfig(texture_loss="contextual", feat_loss=False).feature_term is None
+    assert LossConfig(texture_loss="feature-chamfer").pixel_term is None
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    demo = MeshInversionMethod(InversionConfig(texture_loss="l1", warmup_passes=0))
+    assert demo.labels() == ["untrained", "no feature loss"] and demo.describe()["feature_term"] == "off"
+    demo.setup("cpu")
+    assert demo.criterion.vgg is None
+    ckpt = tmp_path / "checkpoint_latest.pth"
+    torch.save({"generator_running_avg": demo.generator.state_dict()}, ckpt)
+    for variant in ("l1", "pixel-chamfer"):
+        method = MeshInversionMethod(InversionConfig(checkpoint=str(ckpt), texture_loss=variant, warmup_passes=0))
+        method.setup("cpu")
+        assert method.feature_term == "off" and method.describe()["config"]["texture_loss"] == variant
+    needs_vgg = MeshInversionMethod(InversionConfig(checkpoint=str(ckpt), texture_loss="perceptual", warmup_passes=0))
+    with pytest.raises(UserError, match="vgg19-dcbb9e9d.pth"):
+        needs_vgg.setup("cpu")

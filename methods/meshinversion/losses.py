@@ -199,14 +199,16 @@ class LossTargets:
 
     image (B, 3, H, W) in [−1, 1]; mask (B, 1, H, W); points: target pixel positions + RGB
     (``get_vtx_color``); feat_points: target feature-grid positions + normalised relu3_1
-    features (None when the feature term is off).
+    features (None without a feature-level term); features: the target's raw relu3_1 maps, kept
+    only for the pixel-aligned ``perceptual`` term (None otherwise: candidate scoring repeats the
+    target per row, and (rows, 256, H/4, W/4) copies would cost the default path memory for nothing).
     """
 
     image: Tensor
     mask: Tensor
     points: PointSet
     feat_points: PointSet | None = None
-    features: Tensor | None = None  # (B, 256, h, w) relu3_1 of the target (feature-level terms)
+    features: Tensor | None = None  # (B, 256, h, w) relu3_1 of the target (``perceptual`` only)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +443,8 @@ def prepare_targets(image: Tensor, mask: Tensor, config: LossConfig = LossConfig
     """Target point sets, computed once per instance (they do not change during inversion).
 
     image (B, 3, H, W) in [−1, 1] (the official ``(img − 0.5)·2`` of the full crop, not masked),
-    mask (B, 1, H, W) {0, 1}; vgg: :class:`.vgg.VGGRelu31`, needed when ``config.feat_loss``.
+    mask (B, 1, H, W) {0, 1}; vgg: :class:`.vgg.VGGRelu31`, needed when a feature-level texture
+    term is on (``config.feature_term``).
     """
     mask = _mask4(mask).to(image.dtype)
     points = get_vtx_color(mask, image, config.mask_threshold)
@@ -452,6 +455,8 @@ def prepare_targets(image: Tensor, mask: Tensor, config: LossConfig = LossConfig
         with torch.no_grad():
             features = vgg(image, mask)
             feat_points = feature_points(features, mask, config.subpool_threshold, config.mask_threshold)
+        if config.feature_term != "feat_perceptual":
+            features = None
     return LossTargets(image=image, mask=mask, points=points, feat_points=feat_points, features=features)
 
 
