@@ -38,10 +38,10 @@ def test_report_statistics_variants_and_files(runs, tmp_path):
     change = "ours@tight: eps_s 0.8976 → 0.96; xy_threshold 0.16 → 0.1"  # what the variant changed (both spellings)
     assert change in proc.stdout and change in (rep / "table.md").read_text()
     variants = pd.read_csv(rep / "variants.csv")
-    # both spellings of the gate: eps_s = 1 - (2 xy_k xy_threshold)^2
+    # both spellings of the gate: eps_s = 1 - (2 xy_k xy_threshold)^2, xy_k = 1
     assert variants.to_dict("records") == [
-        {"run": "run", "method": "ours@tight", "base": "ours", "field": "eps_s", "base_value": pytest.approx(0.8976),
-         "value": pytest.approx(0.96)},
+        {"run": "run", "method": "ours@tight", "base": "ours", "field": "eps_s",
+         "base_value": pytest.approx(1 - (2 * 0.16) ** 2), "value": pytest.approx(1 - (2 * 0.1) ** 2)},
         {"run": "run", "method": "ours@tight", "base": "ours", "field": "xy_threshold", "base_value": 0.16, "value": 0.1}]
     recs = load_records(a)
     table = pd.read_csv(rep / "table.csv").set_index("method")

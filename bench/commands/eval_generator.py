@@ -37,6 +37,8 @@ def eval_generator(checkpoint, dataset, data_root, split, limit, sets, sigma, ps
     the dataset's images; rerun the same command to resume."""
     import dataclasses
 
+    import torch
+
     from bench import registry
     from bench.commands.eval import parse_eval_options
     from bench.commands.run import prepare_out_dir
@@ -44,8 +46,8 @@ def eval_generator(checkpoint, dataset, data_root, split, limit, sets, sigma, ps
     from bench.datasets.pseudogt import check_folder, load_pseudogt
     from bench.errors import UserError
     from bench.metrics.extractors import FeatureExtractor
-    from bench.metrics.images import write_png
-    from bench.methods.meshinversion.generator import load_generator
+    from bench.metrics.images import read_png, write_png
+    from bench.methods.meshinversion.generator import LATENT_DIM, load_generator
     from bench.progress import progress_bar
     from bench.render.uvsphere import uvsphere_template
     from bench.reporting.reference import load_reference
@@ -85,27 +87,24 @@ def eval_generator(checkpoint, dataset, data_root, split, limit, sets, sigma, ps
 
     template = uvsphere_template(opts.device)
     kinds = ("real", *study.kinds(pseudogt is not None))
-    ids = []
+    ids = [ds.instance_id(i) for i in range(n)]
     with progress_bar(not quiet, unit="img") as bar:
         task = bar.add_task("generator samples", total=n)
-        for i in range(n):
-            sample = ds.load(i)
-            ids.append(sample.id)
-            paths = {k: study.image_path(out, k, sample.id) for k in kinds}
+        for i, instance in enumerate(ids):
+            paths = {k: study.image_path(out, k, instance) for k in kinds}
             if all(p.is_file() for p in paths.values()):
                 bar.advance(task)
-                continue  # done before (resume)
-            g = torch_generator(instance_seed(seed, i))
-            z = study.truncated_normal((64,), sigma, g)
+                continue  # done before (resume): the sample is not even loaded
+            z = study.truncated_normal((LATENT_DIM,), sigma, torch.Generator().manual_seed(instance_seed(seed, i)))
             pgt = load_pseudogt(pseudogt, i) if pseudogt is not None else None
-            images = study.render_instance(generator, template, sample, z, pgt, opts.device)
+            images = study.render_instance(generator, template, ds.load(i), z, pgt, opts.device)
             for k in kinds:
                 paths[k].parent.mkdir(parents=True, exist_ok=True)
                 write_png(paths[k], images[k])
             bar.advance(task)
 
     values = study.fid_values(out, ids, pseudogt is not None, extractor, opts)
-    size = ds.load(0).image.shape[-1]
+    size = read_png(study.image_path(out, "real", ids[0])).shape[-1]  # the dataset's image size
     result = {"settings": dataclasses.asdict(settings), "n": n,
               "protocol": study.protocol(settings, extractor.describe(), size), "values": values}
     atomic_write_json(out / "generator_fid.json", result, sort_keys=False)
@@ -115,12 +114,6 @@ def eval_generator(checkpoint, dataset, data_root, split, limit, sets, sigma, ps
 
     atomic_write_bytes(out / "generator_fid.csv", pd.DataFrame(rows).to_csv(index=False).encode())
     _print(rows, doc, generator.label, sigma, out)
-
-
-def torch_generator(seed: int):
-    import torch
-
-    return torch.Generator().manual_seed(seed)
 
 
 def _print(rows: list[dict], doc: dict | None, label: str, sigma: float, out: Path) -> None:
