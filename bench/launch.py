@@ -42,6 +42,7 @@ def env_shard() -> tuple[int, int] | None:
     Raises:
         UserError: a value is not an integer, or the rank is outside 0..world-1.
     """
+    check_slurm_step()
     for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
         if rank_key in os.environ and world_key in os.environ:
             rank, world = _env_int(rank_key), _env_int(world_key)
@@ -51,6 +52,31 @@ def env_shard() -> tuple[int, int] | None:
             if world > 1:
                 return rank, world
     return None
+
+
+def check_slurm_step(env=None) -> None:
+    """Refuse a Slurm allocation of several tasks entered without ``srun``: the batch script itself is
+    one process, so it would run shard 0 of SLURM_NTASKS and leave the rest undone.
+
+    Raises:
+        UserError: ``SLURM_NTASKS`` > 1 inside a job (``SLURM_JOB_ID``) but not inside a job step (no
+            ``SLURM_STEP_ID``, or the batch step's).
+    """
+    env = os.environ if env is None else env
+    if "SLURM_JOB_ID" not in env or "RANK" in env:
+        return
+    try:
+        ntasks = int(env.get("SLURM_NTASKS", "1"))
+    except ValueError:
+        return
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID"))
+    if ntasks > 1 and (step is None or step in BATCH_STEP_IDS):
+        raise UserError(f"this Slurm job has SLURM_NTASKS={ntasks} but bench runs in its batch script, not in a "
+                        f"job step: start it with `srun bench run ...` so each of the {ntasks} tasks takes its shard")
+
+
+#: What SLURM_STEP_ID reads in a batch script (Slurm's SLURM_BATCH_SCRIPT step id, and its name).
+BATCH_STEP_IDS = {"4294967294", "batch"}
 
 
 def _env_int(key: str) -> int:
@@ -73,11 +99,49 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def local_device(opts: RunOptions) -> str:
-    """On a torchrun/srun multi-GPU node, pin each rank to its local GPU."""
-    if opts.device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return opts.device
+def pinned_device(device: str, env=None, device_count: int | None = None) -> str:
+    """The GPU of one rank on a multi-GPU node: ``cuda`` -> ``cuda:K`` with K its local rank
+    (``LOCAL_RANK`` from torchrun, else ``SLURM_LOCALID`` from srun) modulo the visible devices; when
+    the launcher bound one GPU to the rank (``CUDA_VISIBLE_DEVICES`` lists one, e.g. srun
+    ``--gpus-per-task=1``) that is ``cuda:0``. ``cpu`` and an explicit ``cuda:K`` are kept.
+
+    ``env`` defaults to ``os.environ``; ``device_count`` to ``CUDA_VISIBLE_DEVICES``' length, else torch's.
+    """
+    env = os.environ if env is None else env
+    if device != "cuda":
+        return device
+    local = env.get("LOCAL_RANK", env.get("SLURM_LOCALID"))
+    if local is None or not str(local).strip().isdigit():
+        return device
+    if device_count is None:
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            device_count = len([d for d in visible.split(",") if d.strip()])
+        else:
+            import torch
+
+            device_count = torch.cuda.device_count()
+    return f"cuda:{int(local) % device_count}" if device_count > 1 else "cuda:0"
+
+
+def worker_device(device: str) -> str:
+    """The pinned device of this worker, checked here: a submitting launcher may run on a GPU-less
+    login node, so CUDA is checked where the work runs.
+
+    Raises:
+        UserError: CUDA asked but not visible on this host.
+    """
+    import socket
+
+    from bench.devices import parse_device
+
+    try:
+        return parse_device(pinned_device(device), require_visible=True)
+    except UserError as err:
+        if "SLURM_JOB_ID" not in os.environ:
+            raise
+        raise UserError(f"on {socket.gethostname()} (Slurm job {os.environ['SLURM_JOB_ID']}): {err}, or request a GPU "
+                        "(--slurm-gpus-per-task 1, a GPU partition)") from None
 
 
 def run_shard(opts: RunOptions, shard: int, num_shards: int, progress: bool = True, components=None) -> dict:
@@ -95,7 +159,7 @@ def run_shard(opts: RunOptions, shard: int, num_shards: int, progress: bool = Tr
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
-        opts = dataclasses.replace(opts, device=local_device(opts))
+        opts = dataclasses.replace(opts, device=worker_device(opts.device))
         dataset, methods = components if components is not None else (None, None)
         return Worker(opts, shard, num_shards, progress=progress, dataset=dataset, methods=methods).run_all()
     finally:
@@ -173,44 +237,121 @@ def count_records(opts: RunOptions) -> int:
 
 
 class ShardJob:
-    """submitit callable for one shard; requeued on preemption/timeout and resumes from records."""
+    """submitit callable for one shard; requeued on preemption/timeout and resumes from records.
 
-    def __init__(self, payload: str, num_shards: int):
-        self.payload, self.num_shards = payload, num_shards
+    ``timeout_min``: the task's time limit. At a time-limit signal the task is requeued only if it
+    finished an instance since it started, so an instance longer than the limit ends the task with a
+    message instead of requeueing it for ever.
+    """
+
+    def __init__(self, payload: str, num_shards: int, timeout_min: int | None = None):
+        self.payload, self.num_shards, self.timeout_min = payload, num_shards, timeout_min
+        self._started: tuple[float, int] | None = None
 
     def __call__(self, shard: int) -> dict:
-        return run_shard(options_from_json(self.payload), shard, self.num_shards, progress=False)
+        opts = options_from_json(self.payload)
+        self._started = (time.time(), count_records(opts))
+        return run_shard(opts, shard, self.num_shards, progress=False)
 
     def checkpoint(self, shard: int):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(ShardJob(self.payload, self.num_shards), shard)
+        if self._started is not None and self.timeout_min:
+            since, records = self._started
+            timed_out = time.time() - since >= 0.8 * self.timeout_min * 60 - 60
+            if timed_out and count_records(options_from_json(self.payload)) == records:
+                raise UserError(f"no instance finished within the time limit ({self.timeout_min} min): give a "
+                                "longer --slurm-time")
+        return submitit.helpers.DelayedSubmission(ShardJob(self.payload, self.num_shards, self.timeout_min), shard)
 
 
-def run_submitit(opts: RunOptions, num_shards: int, cluster: str, slurm_params: dict | None = None) -> int:
-    """Submit the shards as a job array (``cluster`` = "slurm" or "local") and wait for them."""
+def run_submitit_local(opts: RunOptions, num_shards: int) -> int:
+    """The shards as a job array of submitit's local executor (no cluster; the tests' stand-in)."""
     import submitit
 
-    run = RunDir(opts.out)
-    folder = run.log_dir / "submitit"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    params = {"timeout_min": 24 * 60, "slurm_array_parallelism": num_shards}
-    if opts.device.startswith("cuda"):
-        params["gpus_per_node"] = 1
-    if cluster == "local":
-        params = {"timeout_min": params["timeout_min"]}
-    params.update(slurm_params or {})
-    executor.update_parameters(**params)
+    folder = RunDir(opts.out).log_dir / "submitit"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="local")
+    executor.update_parameters(timeout_min=24 * 60)
     jobs = executor.map_array(ShardJob(options_to_json(opts), num_shards), list(range(num_shards)))
+    from bench.slurm import result_outcome
+
     errors = []
     for job in jobs:
         try:
             job.result()
         except Exception as exc:  # noqa: BLE001 - report every failed task
-            errors.append(f"task {job.job_id}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
+            outcome = result_outcome(job.paths.result_pickle)
+            errors.append(f"task {job.job_id}: {outcome[1] if outcome else str(exc).strip() or type(exc).__name__}")
     if errors:
         raise UserError(f"{len(errors)} submitit task(s) failed: {errors[0]} — logs in {folder}")
     return 0
+
+
+def run_slurm(opts: RunOptions, num_shards: int, dataset_size: int, params: dict, *, detach: bool = False,
+              progress: bool = True, on_submit=None) -> dict:
+    """Submit the shards as a Slurm job array (submitit) and, unless ``detach``, wait for every task.
+
+    ``params``: typed submitit parameters (:mod:`bench.slurm`); ``on_submit(job_id)`` runs once the
+    array is accepted. Returns ``{"job_id", "folder"}``.
+
+    Raises:
+        UserError: Slurm refused the job, or a task ended without finishing its shard (the message says
+            that rerunning the same command resumes).
+    """
+    import submitit
+
+    from bench import slurm
+
+    slurm.require_sbatch()
+    run = RunDir(opts.out)
+    folder = run.log_dir / "submitit"
+    params = dict(params)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm",
+                                     slurm_max_num_timeout=params.pop("slurm_max_num_timeout", 1000))
+    try:
+        executor.update_parameters(**params)
+    except (ValueError, TypeError, NameError, AssertionError) as err:
+        raise UserError(f"--slurm: submitit rejected the parameters: {str(err).strip().splitlines()[0]}") from None
+    timeout = params.get("slurm_time", params.get("timeout_min"))
+    jobs = slurm.submit(executor, ShardJob(options_to_json(opts), num_shards, timeout), list(range(num_shards)))
+    job_id = jobs[0].job_id.split("_")[0]
+    lease = slurm.Lease(run.root)
+    lease.write(job_id, num_shards, folder)
+    if on_submit is not None:
+        on_submit(job_id)
+    say = _stderr_line
+    say(f"submitted Slurm job {job_id} (array tasks 0-{num_shards - 1}); logs in {folder}")
+    if detach:
+        say(f"detached: follow it with `squeue -j {job_id}` and `tail -f {folder}/{job_id}_*_log.err`; cancel it "
+            f"with `scancel {job_id}`; rerun the same command afterwards to finish what is left")
+        return {"job_id": job_id, "folder": str(folder)}
+    total = expected_records(opts, dataset_size)
+    try:
+        problems = slurm.wait(job_id, jobs, done_count=lambda: count_records(opts), total=total, folder=folder,
+                              progress=progress)
+    except KeyboardInterrupt:
+        answer = slurm.cancel(job_id)
+        lease.clear()
+        what = f"cancelled Slurm job {job_id}" if answer.ok else \
+            f"could not cancel Slurm job {job_id} ({slurm.slurm_said(answer.err)}); cancel it with `scancel {job_id}`"
+        raise Interrupted(f"interrupted: {what}; {count_records(opts)}/{total} instances are done — rerun the same "
+                          "command to resume") from None
+    lease.clear()
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"Slurm job {job_id}: {problems[0]}{more}; {count_records(opts)}/{total} instances are done "
+                        f"— rerun the same command to resume (logs in {folder})")
+    return {"job_id": job_id, "folder": str(folder)}
+
+
+class Interrupted(UserError):
+    """Ctrl-C while waiting: exit 130, as a shell reports SIGINT."""
+
+    exit_code = 130
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,22 @@ def run_options(command):
         click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
                      show_default=True, help="How shards are started."),
         click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE",
-                     help="Extra submitit/slurm parameters, e.g. slurm_partition=gpu."),
+                     help="Any submitit parameter, typed as submitit declares it (e.g. slurm_constraint=a100, "
+                          "slurm_signal_delay_s=120); wins over the --slurm-* options."),
+        click.option("--slurm-partition", help="Slurm partition (default: the cluster's)."),
+        click.option("--slurm-time", help="Time limit per task: minutes or HH:MM:SS (default: estimated from the "
+                                          "profile and the shard size; a task at its limit is requeued and resumes)."),
+        click.option("--slurm-gpus-per-task", type=int, help="GPUs per task (default: 1 with --device cuda)."),
+        click.option("--slurm-cpus-per-task", type=int,
+                     help="CPUs per task (default: the data loader's workers + 2 on cuda, + 4 on cpu)."),
+        click.option("--slurm-mem", help="Memory per node, sbatch's syntax (e.g. 32G)."),
+        click.option("--slurm-account", help="Slurm account to charge."),
+        click.option("--slurm-qos", help="Slurm quality of service."),
+        click.option("--slurm-array-parallelism", type=int, help="Tasks running at once (default: all shards)."),
+        click.option("--slurm-extra", multiple=True, metavar="SBATCH_OPTION",
+                     help="A raw sbatch option, e.g. --slurm-extra=--constraint=a100 (repeatable)."),
+        click.option("--detach", is_flag=True,
+                     help="--launcher slurm: submit and return; prints how to follow and cancel the job."),
         click.option("--retries", default=0, show_default=True, type=int, help="Re-attempts of failed instances."),
         click.option("--seed", default=0, show_default=True, type=int,
                      help="Run seed: every instance's randomness (candidates, subsamples, synthetic scenes) derives "
@@ -98,8 +113,8 @@ def run(ctx, methods, **options):
 
 
 def execute(ctx, specs: list[str], *, config, dataset, data_root, split, limit, device, out, batch_size, profile, sets,
-            shards, shard, launcher, slurm_opts, retries, seed, num_workers, quiet,
-            variant_overrides: dict[str, dict] | None = None, sweep: dict | None = None) -> Path:
+            shards, shard, launcher, slurm_opts, retries, seed, num_workers, quiet, detach=False,
+            variant_overrides: dict[str, dict] | None = None, sweep: dict | None = None, **slurm_flags) -> Path:
     """``bench run`` of methods ``specs`` with the run options; ``variant_overrides`` (``{spec: {field:
     value}}``, typed) apply on top of ``--set``, ``sweep`` is recorded in the manifest. Returns the run
     directory."""
@@ -123,7 +138,8 @@ def execute(ctx, specs: list[str], *, config, dataset, data_root, split, limit, 
         dataset_over["split"] = split
     _check_counts(batch_size=batch_size, limit=limit, retries=retries, shards=shards, num_workers=num_workers)
     shard_pair = _parse_shard(shard) or launch.env_shard()
-    slurm_params = _parse_slurm(slurm_opts)
+    slurm_given = _slurm_options(slurm_opts, {k.removeprefix("slurm_"): v for k, v in slurm_flags.items()},
+                                 launcher, detach)
     device = parse_device(device, require_visible=launcher == "local")
     if out is not None and not str(out).strip():
         raise UserError("--out is empty; pass a folder for the run (default: results/<dataset>-<profile>)")
@@ -139,6 +155,13 @@ def execute(ctx, specs: list[str], *, config, dataset, data_root, split, limit, 
         raise UserError(f"dataset {dataset!r} yields no instances (check --data-root and --split)")
     for method in built.values():
         method.check_weights()
+    n = shards or launch.default_num_shards(device)
+    if launcher == "slurm" and shard_pair is None:
+        from bench import slurm as slurm_mod
+
+        slurm_mod.require_sbatch()
+        slurm_params, estimate = _slurm_parameters(slurm_given, out, specs, profile, device, ds, limit, n,
+                                                   num_workers)
     described = {spec: method.describe() for spec, method in built.items()}
     check_out_path(out)
     run_dir = RunDir(out)
@@ -150,6 +173,10 @@ def execute(ctx, specs: list[str], *, config, dataset, data_root, split, limit, 
     if previous is None:
         _check_orphan_records(run_dir, ds, described, seed, profile)
     merge_manifest(previous, manifest, out, has_records=lambda m: bool(run_dir.records(m)))  # refuse early
+    if shard_pair is None:
+        from bench.slurm import Lease
+
+        Lease(out).check()  # a live Slurm array still writing this run directory: refuse a second writer
     prepare_out_dir(out)
 
     # One `bench run` per run directory; shard processes share it and coordinate per instance instead.
@@ -163,15 +190,18 @@ def execute(ctx, specs: list[str], *, config, dataset, data_root, split, limit, 
             _link_latest(out)
         if shard_pair is not None:
             launch.run_shard(opts, *shard_pair, progress=not quiet, components=(ds, built))
-        else:
-            n = shards or launch.default_num_shards(device)
-            if launcher == "local":
-                if n == 1:
-                    launch.run_shard(opts, 0, 1, progress=not quiet, components=(ds, built))
-                else:
-                    launch.run_local(opts, n, len(ds), progress=not quiet)
+        elif launcher == "local":
+            if n == 1:
+                launch.run_shard(opts, 0, 1, progress=not quiet, components=(ds, built))
             else:
-                launch.run_submitit(opts, n, "slurm" if launcher == "slurm" else "local", slurm_params)
+                launch.run_local(opts, n, len(ds), progress=not quiet)
+        elif launcher == "submitit-local":
+            launch.run_submitit_local(opts, n)
+        else:
+            launch.run_slurm(opts, n, len(ds), slurm_params, detach=detach, progress=not quiet,
+                             on_submit=lambda job_id: _record_slurm_job(run_dir, job_id, slurm_params, estimate, n))
+            if detach:
+                return out
     finally:
         if lock is not None:
             lock.release()
@@ -189,16 +219,69 @@ def _check_counts(**values) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= {least[name]}, got {value}")
 
 
-def _parse_slurm(pairs) -> dict[str, str]:
+#: ``--slurm-*`` option -> the submitit parameter it sets.
+SLURM_OPTIONS = {"partition": "slurm_partition", "time": "timeout_min", "gpus_per_task": "slurm_gpus_per_task",
+                 "cpus_per_task": "cpus_per_task", "mem": "slurm_mem", "account": "slurm_account",
+                 "qos": "slurm_qos", "array_parallelism": "slurm_array_parallelism",
+                 "extra": "slurm_additional_parameters"}
+
+
+def _slurm_options(pairs, options: dict, launcher: str, detach: bool) -> dict:
+    """The Slurm parameters the user gave (``--slurm-*`` then ``--slurm``), typed; refused without
+    ``--launcher slurm``."""
+    from bench import slurm
     from bench.errors import UserError
 
+    given = {k: v for k, v in options.items() if v not in (None, ())}
+    if (given or pairs or detach) and launcher != "slurm":
+        flag = "--detach" if detach else f"--slurm-{next(iter(given)).replace('_', '-')}" if given else "--slurm"
+        raise UserError(f"{flag} needs --launcher slurm (got --launcher {launcher})")
+    unknown = set(given) - set(SLURM_OPTIONS)
+    if unknown:
+        raise TypeError(f"execute() got unexpected options {sorted(unknown)}")
     out = {}
-    for kv in pairs:
-        key, sep, value = kv.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--slurm expects KEY=VALUE (e.g. slurm_partition=gpu), got {kv!r}")
-        out[key.strip()] = value
-    return out
+    for name, value in given.items():
+        if name == "time":
+            value = slurm.parse_time(value)
+        elif name == "extra":
+            value = slurm.parse_extra(value)
+        elif isinstance(value, int) and value < 1:
+            raise UserError(f"--slurm-{name.replace('_', '-')} must be >= 1, got {value}")
+        out[SLURM_OPTIONS[name]] = value
+    return {**out, **slurm.parse_parameters(pairs)}
+
+
+def _slurm_parameters(given: dict, out, specs, profile, device, ds, limit, num_shards, num_workers):
+    """(submitit parameters, time estimate): :func:`bench.slurm.default_parameters` and the estimated
+    time limit, overridden by what the user gave."""
+    import math
+
+    from bench import slurm
+
+    total = len(ds) if limit is None else min(limit, len(ds))
+    per_shard = math.ceil(total / num_shards)
+    measured = slurm.measured_seconds(Path(out), specs) if Path(out).is_dir() else {}
+    estimate = slurm.estimate_minutes(specs, profile, device, per_shard, measured)
+    workers = num_workers if num_workers is not None else getattr(ds, "default_num_workers", 0)
+    params = {**slurm.default_parameters(run_name=Path(out).name, device=device, loader_workers=workers,
+                                         num_shards=num_shards), "timeout_min": estimate["minutes"]}
+    if "slurm_time" in given:
+        params.pop("timeout_min")
+    return {**params, **given}, estimate
+
+
+def _record_slurm_job(run_dir, job_id: str, params: dict, estimate: dict, tasks: int) -> None:
+    """Append the submitted job (id, parameters, time estimate) to the manifest's ``slurm_jobs``."""
+    import time
+
+    from bench.locks import exclusive
+
+    with exclusive(run_dir.root / ".manifest.lock"):
+        manifest = run_dir.read_manifest()
+        manifest.setdefault("slurm_jobs", []).append(
+            {"job_id": job_id, "tasks": tasks, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+             "parameters": params, "time_estimate": estimate})
+        run_dir.write_manifest(manifest)
 
 
 def prepare_out_dir(out: Path) -> None:
