@@ -239,13 +239,15 @@ def count_records(opts: RunOptions) -> int:
 class ShardJob:
     """submitit callable for one shard; requeued on preemption/timeout and resumes from records.
 
-    ``timeout_min``: the task's time limit. At a time-limit signal the task is requeued only if it
-    finished an instance since it started, so an instance longer than the limit ends the task with a
-    message instead of requeueing it for ever.
+    ``timeout_min``: the task's time limit. At a time-limit signal the task is requeued unless
+    ``MAX_STALLS`` attempts in a row finished no instance, so an instance longer than the limit ends
+    the task with a message instead of requeueing it for ever.
     """
 
-    def __init__(self, payload: str, num_shards: int, timeout_min: int | None = None):
-        self.payload, self.num_shards, self.timeout_min = payload, num_shards, timeout_min
+    MAX_STALLS = 3
+
+    def __init__(self, payload: str, num_shards: int, timeout_min: int | None = None, stalls: int = 0):
+        self.payload, self.num_shards, self.timeout_min, self.stalls = payload, num_shards, timeout_min, stalls
         self._started: tuple[float, int] | None = None
 
     def __call__(self, shard: int) -> dict:
@@ -256,13 +258,17 @@ class ShardJob:
     def checkpoint(self, shard: int):
         import submitit
 
+        stalls = 0
         if self._started is not None and self.timeout_min:
             since, records = self._started
             timed_out = time.time() - since >= 0.8 * self.timeout_min * 60 - 60
             if timed_out and count_records(options_from_json(self.payload)) == records:
-                raise UserError(f"no instance finished within the time limit ({self.timeout_min} min): give a "
-                                "longer --slurm-time")
-        return submitit.helpers.DelayedSubmission(ShardJob(self.payload, self.num_shards, self.timeout_min), shard)
+                stalls = self.stalls + 1
+                if stalls >= self.MAX_STALLS:
+                    raise UserError(f"no instance finished in {stalls} attempts at the time limit "
+                                    f"({self.timeout_min} min): give a longer --slurm-time")
+        return submitit.helpers.DelayedSubmission(ShardJob(self.payload, self.num_shards, self.timeout_min, stalls),
+                                                  shard)
 
 
 def run_submitit_local(opts: RunOptions, num_shards: int) -> int:

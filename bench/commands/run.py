@@ -116,8 +116,9 @@ def execute(ctx, specs: list[str], *, config, dataset, data_root, split, limit, 
             shards, shard, launcher, slurm_opts, retries, seed, num_workers, quiet, detach=False,
             variant_overrides: dict[str, dict] | None = None, sweep: dict | None = None, **slurm_flags) -> Path:
     """``bench run`` of methods ``specs`` with the run options; ``variant_overrides`` (``{spec: {field:
-    value}}``, typed) apply on top of ``--set``, ``sweep`` is recorded in the manifest. Returns the run
-    directory."""
+    value}}``, typed) apply on top of ``--set``, ``sweep`` is recorded in the manifest; ``detach`` and
+    ``slurm_flags`` (the ``--slurm-*`` options by their Python names) are for ``--launcher slurm``.
+    Returns the run directory."""
     from bench import launch, registry
     from bench.config import parse_sets
     from bench.devices import parse_device
