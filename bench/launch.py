@@ -333,7 +333,7 @@ def run_slurm(opts: RunOptions, num_shards: int, dataset_size: int, params: dict
         return {"job_id": job_id, "folder": str(folder)}
     total = expected_records(opts, dataset_size)
     try:
-        problems = slurm.wait(job_id, jobs, done_count=lambda: count_records(opts), total=total, folder=folder,
+        problems = slurm.wait(job_id, jobs, done_count=lambda: count_records(opts), total=total,
                               progress=progress)
     except KeyboardInterrupt:
         answer = slurm.cancel(job_id)

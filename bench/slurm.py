@@ -16,6 +16,7 @@ submitit's watcher, so a cluster without accounting polls quietly.
 """
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import inspect
 import io
@@ -120,7 +121,7 @@ def coerce(key: str, text: str, hint: Any) -> Any:
             raise UserError(f"--slurm {key}={text!r}: expected {'an integer' if hint is int else 'a number'}") from None
     if hint is str or hint is Any:
         return text
-    if origin in (list, tuple, typing.Iterable, __import__("collections.abc").abc.Iterable):
+    if origin in (list, tuple, collections.abc.Iterable):
         value = _yaml(key, text)
         if isinstance(value, str):
             return [value]
@@ -414,7 +415,7 @@ def result_outcome(path: Path) -> tuple[str, str] | None:
     return "error", last.removeprefix("UserError: ")
 
 
-def wait(job_id: str, jobs: list, *, done_count, total: int, folder: Path, progress: bool = True,
+def wait(job_id: str, jobs: list, *, done_count, total: int, progress: bool = True,
          poll_s: float | None = None) -> list[str]:
     """Wait until every task of the array has ended; returns one problem per task that did not finish.
 
